@@ -32,6 +32,9 @@ pub enum Error {
         /// The time at which it was found.
         t: f64,
     },
+    /// A field of a higher layer (e.g. a neural network) failed while being evaluated.
+    #[error("field evaluation failed: {0}")]
+    Field(Box<dyn std::error::Error + Send + Sync>),
     /// An error from candle's tensor operations.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

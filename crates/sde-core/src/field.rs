@@ -1,7 +1,7 @@
 //! Capabilities as small traits: an ODE vector field, an SDE drift, a diffusion, a score.
 //!
 //! Each trait has one job and is generic over the state type `S` (see
-//! [`Vector`](crate::Vector)), so one closed-form process can implement it for `f64`, for
+//! [`Vector`]), so one closed-form process can implement it for `f64`, for
 //! `Vec<f64>` of independent paths and for batched candle tensors, and one solver serves all.
 //! Time `t` is always an `f64` in `[0, 1]` by convention (t = 0 prior, t = 1 data;
 //! `MATH.md`, "Notation").

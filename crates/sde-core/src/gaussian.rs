@@ -254,7 +254,10 @@ impl MixturePath {
         }
     }
     fn velocity_score(&self, x: f64, t: f64) -> (f64, f64) {
-        let mix = self.marginal(t);
+        self.velocity_score_in(&self.marginal(t), x, t)
+    }
+    /// Velocity and score at `x` given the marginal `mix` at `t` (computed once per batch).
+    fn velocity_score_in(&self, mix: &GaussianMixture, x: f64, t: f64) -> (f64, f64) {
         let (r, _) = mix.responsibilities(x);
         let mut v = 0.0;
         let mut s = 0.0;
@@ -282,7 +285,8 @@ impl Score<f64> for MixturePath {
 
 impl Score<Vec<f64>> for MixturePath {
     fn score(&self, x: &Vec<f64>, t: f64) -> Result<Vec<f64>> {
-        Ok(x.iter().map(|&v| self.velocity_score(v, t).1).collect())
+        let mix = self.marginal(t);
+        Ok(x.iter().map(|&v| self.velocity_score_in(&mix, v, t).1).collect())
     }
 }
 
