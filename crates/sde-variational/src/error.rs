@@ -1,0 +1,45 @@
+//! The crate's error type.
+//!
+//! Lower crates' errors are wrapped with `#[from]`, so `?` works across the layers.
+
+/// Errors of `sde-variational`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An error from `sde-core` (invalid process parameters, shape mismatches, …).
+    #[error(transparent)]
+    Core(#[from] sde_core::Error),
+    /// An error from a solver.
+    #[error(transparent)]
+    Solver(#[from] sde_solvers::Error),
+    /// An error from candle's tensor operations.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// A parameter, configuration entry or input is outside its allowed range.
+    #[error("invalid {name}: {value} ({reason})")]
+    InvalidParameter {
+        /// The parameter's name as the user wrote it.
+        name: &'static str,
+        /// The offending value, formatted.
+        value: String,
+        /// What was expected.
+        reason: &'static str,
+    },
+}
+
+/// `Result` with [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// An [`Error::InvalidParameter`] for `name = value`.
+    pub fn invalid(
+        name: &'static str,
+        value: impl std::fmt::Display,
+        reason: &'static str,
+    ) -> Self {
+        Error::InvalidParameter {
+            name,
+            value: value.to_string(),
+            reason,
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! `cargo xtask reproduce`: the paper's experiments end to end (REFERENCE.md), with a
+//! progress bar, a printed summary, `report.json` and figures under `target/reproduce/`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use sde_experiments::{ode, Dataset, Evaluation, LaplaceMixture};
+use sde_solvers::OdeMethod;
+use serde_json::json;
+
+use crate::plot::{self, Curve, Figure};
+
+/// Options of `cargo xtask reproduce`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Output folder for report.json and the figures.
+    #[arg(long, default_value = "target/reproduce")]
+    out: PathBuf,
+    /// A shortened run (seconds, not minutes) to check that everything works.
+    #[arg(long)]
+    quick: bool,
+    /// Seed of the data set (the reference code's sample differs anyway; the report gives the
+    /// drawn sample's true log-likelihood beside the population value).
+    #[arg(long, default_value_t = 0)]
+    data_seed: u64,
+}
+
+/// Population expected log-likelihood of the paper's mixture (MATH.md §9).
+const POPULATION_LL: f64 = -2.98755;
+
+pub fn run(args: Args) -> Result<()> {
+    fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let device = Device::Cpu;
+    let mixture = LaplaceMixture::paper();
+    let data = Dataset::paper(args.data_seed);
+    let population = mixture.expected_log_likelihood();
+    let train_true = mixture.mean_log_likelihood(&data.train);
+    let val_true = mixture.mean_log_likelihood(&data.validation);
+    println!(
+        "data: {} train / {} validation points; true log-likelihood of the validation sample {val_true:.4} (population {population:.5}, MATH.md {POPULATION_LL})",
+        data.train.len(),
+        data.validation.len()
+    );
+
+    let mut config = ode::OdeConfig::reference();
+    config.train.checkpoint = Some(args.out.join("ode.safetensors"));
+    let data_run = if args.quick {
+        config.train.epochs = 6;
+        config.train.validate_every = 3;
+        // A quarter of the validation set keeps the quick run's evaluations short.
+        Dataset {
+            train: data.train.clone(),
+            validation: data.validation[..2000].to_vec(),
+        }
+    } else {
+        data.clone()
+    };
+
+    println!(
+        "ODE (CNF, exact likelihood): {} epochs, {} RK2 steps, lr {}",
+        config.train.epochs, config.n_steps, config.train.lr
+    );
+    let bar = progress(config.train.epochs as u64);
+    let outcome = ode::run(&config, &data_run, &device, |e: &Evaluation| {
+        bar.set_position(e.epoch as u64);
+        match e.validation {
+            Some(v) => bar.set_message(format!("loss {:.4}  val {:.4}", e.train_loss, v)),
+            None => bar.set_message(format!("loss {:.4}", e.train_loss)),
+        }
+    })?;
+    bar.finish();
+    let (ll_rk4, se_rk4) = outcome.val_ll_eval_method;
+    let (ll_rk2, se_rk2) = outcome.val_ll_train_method;
+    let train_seconds = outcome.history.seconds;
+    println!(
+        "ODE: validation log-likelihood RK4 {ll_rk4:.4} ± {se_rk4:.4}, RK2 {ll_rk2:.4} ± {se_rk2:.4} (sample's true value {:.4}); training {train_seconds:.1} s ({:.1} s validating)",
+        mixture.mean_log_likelihood(&data_run.validation),
+        outcome.history.validation_seconds
+    );
+
+    // Figures.
+    let t0 = Instant::now();
+    let xs: Vec<f64> = (0..=560).map(|i| -14.0 + 28.0 * i as f64 / 560.0).collect();
+    let grid = Tensor::from_slice(&xs, (xs.len(), 1), &device)?.to_dtype(config.dtype)?;
+    let model = outcome.model.detached()?;
+    let model_ll = model
+        .log_likelihood(&grid, OdeMethod::Rk4, config.n_steps)?
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    let density_png = args.out.join("ode_density.png");
+    plot::density_figure(
+        &density_png,
+        &Figure::new("ODE (CNF): learned density", "y", "density").with_x_range(-14.0, 14.0),
+        &data.train,
+        80,
+        &[
+            Curve::new("true density", xs.iter().map(|&x| (x, mixture.density(x))).collect(), (40, 40, 40)),
+            Curve::new(
+                "CNF (RK4)",
+                xs.iter().zip(&model_ll).map(|(&x, &l)| (x, l.exp())).collect(),
+                (200, 40, 40),
+            ),
+        ],
+    )?;
+    let mut rng = StdRng::seed_from_u64(7);
+    let paths = model.sample(100, OdeMethod::Rk4, config.n_steps, &mut rng, true)?;
+    let times: Vec<f64> = (0..paths.len()).map(|k| k as f64 / config.n_steps as f64).collect();
+    let columns: Vec<Vec<f64>> = paths
+        .iter()
+        .map(|p| -> Result<Vec<f64>> { Ok(p.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?) })
+        .collect::<Result<_>>()?;
+    let path_lines: Vec<Vec<(f64, f64)>> = (0..100)
+        .map(|i| times.iter().zip(&columns).map(|(&t, c)| (t, c[i])).collect())
+        .collect();
+    let paths_png = args.out.join("ode_paths.png");
+    plot::paths_figure(
+        &paths_png,
+        &Figure::new("ODE (CNF): sample paths, prior (t = 0) to data (t = 1)", "t", "x")
+            .with_x_range(0.0, 1.0)
+            .with_y_range(-14.0, 14.0),
+        &path_lines,
+        (30, 90, 180),
+    )?;
+    let curve_png = args.out.join("ode_training.png");
+    plot::line_figure(
+        &curve_png,
+        &Figure::new("ODE (CNF): training curve", "epoch", "log-likelihood"),
+        &[
+            Curve::new(
+                "train (minus loss)",
+                outcome.history.curve.iter().map(|e| (e.epoch as f64, -e.train_loss)).collect(),
+                (30, 90, 180),
+            ),
+            Curve::new(
+                "validation (RK2)",
+                outcome
+                    .history
+                    .curve
+                    .iter()
+                    .filter_map(|e| e.validation.map(|v| (e.epoch as f64, v)))
+                    .collect(),
+                (200, 40, 40),
+            ),
+        ],
+    )?;
+    let figure_seconds = t0.elapsed().as_secs_f64();
+
+    let report = json!({
+        "quick": args.quick,
+        "data": {
+            "seed": args.data_seed,
+            "n_train": data.train.len(),
+            "n_validation": data_run.validation.len(),
+            "population_log_likelihood": population,
+            "train_true_log_likelihood": train_true,
+            "val_true_log_likelihood": mixture.mean_log_likelihood(&data_run.validation),
+        },
+        "models": {
+            "ode": {
+                "val_log_likelihood": ll_rk4,
+                "val_log_likelihood_se": se_rk4,
+                "val_log_likelihood_rk2": ll_rk2,
+                "val_log_likelihood_rk2_se": se_rk2,
+                "eval_method": "rk4",
+                "n_steps": config.n_steps,
+                "epochs": config.train.epochs,
+                "lr": config.train.lr,
+                "batch_size": config.train.batch_size,
+                "train_seconds": train_seconds,
+                "validation_seconds": outcome.history.validation_seconds,
+                "curve": outcome.history.curve,
+                "figures": [file_name(&density_png), file_name(&paths_png), file_name(&curve_png)],
+                "reference": {"val_log_likelihood_rk2": -3.0249, "val_log_likelihood_rk4_correct_times": -3.0259, "train_seconds": 208.0, "peak_memory_gib": 16.1},
+            }
+        },
+        "figure_seconds": figure_seconds,
+        "peak_memory_bytes": peak_memory_bytes(),
+    });
+    let report_path = args.out.join("report.json");
+    fs::write(&report_path, serde_json::to_string_pretty(&report)?)?;
+    println!(
+        "wrote {} and figures ({:.1} s); peak memory {:.0} MiB",
+        report_path.display(),
+        figure_seconds,
+        peak_memory_bytes().unwrap_or(0) as f64 / (1024.0 * 1024.0)
+    );
+    Ok(())
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+fn progress(len: u64) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] epoch {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`), if available.
+fn peak_memory_bytes() -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
