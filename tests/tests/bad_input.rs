@@ -19,7 +19,10 @@ fn grids() {
         msg(TimeGrid::uniform(0.0, 1.0, 0)),
         "invalid n_steps: 0 (must be at least 1)"
     );
-    assert_eq!(msg(TimeGrid::uniform(0.5, 0.5, 10)), "invalid t1: 0.5 (must differ from t0)");
+    assert_eq!(
+        msg(TimeGrid::uniform(0.5, 0.5, 10)),
+        "invalid t1: 0.5 (must differ from t0)"
+    );
     assert!(msg(TimeGrid::uniform(f64::NAN, 1.0, 10)).contains("t0: NaN"));
     assert!(msg(TimeGrid::uniform(0.0, f64::INFINITY, 10)).contains("t1: inf"));
     assert!(msg(TimeGrid::from_points(vec![0.0])).contains("grid length: 1"));
@@ -51,13 +54,21 @@ fn non_finite_states() {
     let e = msg(SdeMethod::EulerMaruyama.solve(&ou, vec![0.0, f64::NAN], &grid, &mut rng, false));
     assert_eq!(e, "non-finite state at t = 0");
     let t = Tensor::new(&[[1.0f64], [f64::INFINITY]], &Device::Cpu).unwrap();
-    assert!(msg(OdeMethod::Rk4.solve(&sde_core::FnField(|x: &Tensor, _| Ok(x.clone())), t, &grid, false)).contains("non-finite"));
+    assert!(msg(OdeMethod::Rk4.solve(
+        &sde_core::FnField(|x: &Tensor, _| Ok(x.clone())),
+        t,
+        &grid,
+        false
+    ))
+    .contains("non-finite"));
     // An explosive ODE overflows to ∞: reported at the end time, with a hint.
     let blow = sde_core::FnField(|x: &f64, _t: f64| Ok(x * x));
     let e = msg(OdeMethod::Euler.solve(&blow, 1e3, &grid, false));
     assert!(e.starts_with("non-finite state at t = 1"), "{e}");
     let mut xs = vec![f64::NAN; 4];
-    assert!(sde_solvers::pointwise::euler_maruyama_in_place(&ou, &mut xs, &grid, &mut rng).is_err());
+    assert!(
+        sde_solvers::pointwise::euler_maruyama_in_place(&ou, &mut xs, &grid, &mut rng).is_err()
+    );
 }
 
 #[test]

@@ -54,7 +54,10 @@ fn ode_user_grid_matches_uniform() {
     let f = field();
     let uniform = TimeGrid::uniform(0.0, 1.0, 10).unwrap();
     let given = TimeGrid::from_points(uniform.points().to_vec()).unwrap();
-    let a = *OdeMethod::Rk4.solve(&f, 1.0, &uniform, false).unwrap().last();
+    let a = *OdeMethod::Rk4
+        .solve(&f, 1.0, &uniform, false)
+        .unwrap()
+        .last();
     let b = OdeMethod::Rk4.solve(&f, 1.0, &given, true).unwrap();
     assert_eq!(a, *b.last());
     assert_eq!(b.states().len(), 11);
@@ -81,7 +84,10 @@ fn euler_maruyama_strong_order_half_on_gbm() {
     let h_fine = t_end / fine as f64;
     for _ in 0..n_paths {
         let dws: Vec<f64> = (0..fine)
-            .map(|_| h_fine.sqrt() * rand_distr::Distribution::<f64>::sample(&rand_distr::StandardNormal, &mut rng))
+            .map(|_| {
+                h_fine.sqrt()
+                    * rand_distr::Distribution::<f64>::sample(&rand_distr::StandardNormal, &mut rng)
+            })
             .collect();
         let exact = gbm.exact(x0, t_end, dws.iter().sum());
         for (e, &n) in errs.iter_mut().zip(&levels) {
@@ -160,7 +166,10 @@ fn stochastic_heun_strong_order_one_additive_noise() {
     for _ in 0..n_paths {
         let hf = 1.0 / fine as f64;
         let dws: Vec<f64> = (0..fine)
-            .map(|_| hf.sqrt() * rand_distr::Distribution::<f64>::sample(&rand_distr::StandardNormal, &mut rng))
+            .map(|_| {
+                hf.sqrt()
+                    * rand_distr::Distribution::<f64>::sample(&rand_distr::StandardNormal, &mut rng)
+            })
             .collect();
         let reference = run(fine, &dws);
         for (e, &n) in errs.iter_mut().zip(&levels) {
@@ -170,5 +179,8 @@ fn stochastic_heun_strong_order_one_additive_noise() {
     let hs: Vec<f64> = levels.iter().map(|&n| 1.0 / n as f64).collect();
     let p = fitted_order(&hs, &errs);
     // Order 1 ± 0.2; the reference's own error (h = 1/2048) is 16× below the finest level's.
-    assert!((p - 1.0).abs() < 0.2, "stochastic Heun strong order {p}, errors {errs:?}");
+    assert!(
+        (p - 1.0).abs() < 0.2,
+        "stochastic Heun strong order {p}, errors {errs:?}"
+    );
 }

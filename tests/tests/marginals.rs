@@ -103,7 +103,13 @@ fn tensor_states_give_the_same_marginals() {
     let xs = Tensor::from_vec(x0, (N, 1), &Device::Cpu).unwrap();
     let grid = TimeGrid::uniform(0.0, 1.0, 400).unwrap();
     let out = SdeMethod::EulerMaruyama
-        .solve(&ou, xs.to_dtype(DType::F32).unwrap(), &grid, &mut rng, false)
+        .solve(
+            &ou,
+            xs.to_dtype(DType::F32).unwrap(),
+            &grid,
+            &mut rng,
+            false,
+        )
         .unwrap()
         .into_last();
     let v: Vec<f64> = out
@@ -116,7 +122,13 @@ fn tensor_states_give_the_same_marginals() {
     assert_moments(&v, marg.at(1.0).unwrap(), 5e-3, "tensor f32 SDE");
     let reverse = ReverseTimeSde::new(ou, marg);
     let back = SdeMethod::EulerMaruyama
-        .solve(&reverse, out, &TimeGrid::uniform(1.0, 0.0, 400).unwrap(), &mut rng, false)
+        .solve(
+            &reverse,
+            out,
+            &TimeGrid::uniform(1.0, 0.0, 400).unwrap(),
+            &mut rng,
+            false,
+        )
         .unwrap()
         .into_last();
     let v: Vec<f64> = back

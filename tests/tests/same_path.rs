@@ -47,7 +47,12 @@ fn vec_and_tensor_agree_for_same_noise() {
         compare(&gbm, method, x0.clone(), &grid);
         let marg = GaussianMarginals::new(ou, 1.0, 0.5).unwrap();
         let rev = ReverseTimeSde::new(ou, marg);
-        compare(&rev, method, x0.clone(), &TimeGrid::uniform(1.0, 0.0, 50).unwrap());
+        compare(
+            &rev,
+            method,
+            x0.clone(),
+            &TimeGrid::uniform(1.0, 0.0, 50).unwrap(),
+        );
     }
 }
 
@@ -59,9 +64,21 @@ fn scalar_and_tensor_ode_agree() {
     let grid = TimeGrid::uniform(0.0, 1.0, 30).unwrap();
     let x0: Vec<f64> = vec![-1.0, 0.0, 2.5];
     let xt = Tensor::from_vec(x0.clone(), (3, 1), &Device::Cpu).unwrap();
-    for m in [OdeMethod::Euler, OdeMethod::Heun, OdeMethod::Midpoint, OdeMethod::Rk4] {
-        let a = m.solve(&flow, x0.clone(), &grid, false).unwrap().into_last();
-        let b = to_vec(&m.solve(&flow, xt.clone(), &grid, false).unwrap().into_last());
+    for m in [
+        OdeMethod::Euler,
+        OdeMethod::Heun,
+        OdeMethod::Midpoint,
+        OdeMethod::Rk4,
+    ] {
+        let a = m
+            .solve(&flow, x0.clone(), &grid, false)
+            .unwrap()
+            .into_last();
+        let b = to_vec(
+            &m.solve(&flow, xt.clone(), &grid, false)
+                .unwrap()
+                .into_last(),
+        );
         for (&xs, &s) in x0.iter().zip(&a) {
             // Scalar f64 states through the same solver.
             let c = *m.solve(&flow, xs, &grid, false).unwrap().last();

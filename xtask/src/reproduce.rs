@@ -101,30 +101,51 @@ pub fn run(args: Args) -> Result<()> {
         &data.train,
         80,
         &[
-            Curve::new("true density", xs.iter().map(|&x| (x, mixture.density(x))).collect(), (40, 40, 40)),
+            Curve::new(
+                "true density",
+                xs.iter().map(|&x| (x, mixture.density(x))).collect(),
+                (40, 40, 40),
+            ),
             Curve::new(
                 "CNF (RK4)",
-                xs.iter().zip(&model_ll).map(|(&x, &l)| (x, l.exp())).collect(),
+                xs.iter()
+                    .zip(&model_ll)
+                    .map(|(&x, &l)| (x, l.exp()))
+                    .collect(),
                 (200, 40, 40),
             ),
         ],
     )?;
     let mut rng = StdRng::seed_from_u64(7);
     let paths = model.sample(100, OdeMethod::Rk4, config.n_steps, &mut rng, true)?;
-    let times: Vec<f64> = (0..paths.len()).map(|k| k as f64 / config.n_steps as f64).collect();
+    let times: Vec<f64> = (0..paths.len())
+        .map(|k| k as f64 / config.n_steps as f64)
+        .collect();
     let columns: Vec<Vec<f64>> = paths
         .iter()
-        .map(|p| -> Result<Vec<f64>> { Ok(p.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?) })
+        .map(|p| -> Result<Vec<f64>> {
+            Ok(p.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
+        })
         .collect::<Result<_>>()?;
     let path_lines: Vec<Vec<(f64, f64)>> = (0..100)
-        .map(|i| times.iter().zip(&columns).map(|(&t, c)| (t, c[i])).collect())
+        .map(|i| {
+            times
+                .iter()
+                .zip(&columns)
+                .map(|(&t, c)| (t, c[i]))
+                .collect()
+        })
         .collect();
     let paths_png = args.out.join("ode_paths.png");
     plot::paths_figure(
         &paths_png,
-        &Figure::new("ODE (CNF): sample paths, prior (t = 0) to data (t = 1)", "t", "x")
-            .with_x_range(0.0, 1.0)
-            .with_y_range(-14.0, 14.0),
+        &Figure::new(
+            "ODE (CNF): sample paths, prior (t = 0) to data (t = 1)",
+            "t",
+            "x",
+        )
+        .with_x_range(0.0, 1.0)
+        .with_y_range(-14.0, 14.0),
         &path_lines,
         (30, 90, 180),
     )?;
@@ -135,7 +156,12 @@ pub fn run(args: Args) -> Result<()> {
         &[
             Curve::new(
                 "train (minus loss)",
-                outcome.history.curve.iter().map(|e| (e.epoch as f64, -e.train_loss)).collect(),
+                outcome
+                    .history
+                    .curve
+                    .iter()
+                    .map(|e| (e.epoch as f64, -e.train_loss))
+                    .collect(),
                 (30, 90, 180),
             ),
             Curve::new(
@@ -195,7 +221,9 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn progress(len: u64) -> ProgressBar {

@@ -45,7 +45,9 @@ impl<P, Sc> ProbabilityFlow<P, Sc> {
     }
 }
 
-impl<S: Vector, P: Drift<S> + Diffusion<S>, Sc: Score<S>> VectorField<S> for ProbabilityFlow<P, Sc> {
+impl<S: Vector, P: Drift<S> + Diffusion<S>, Sc: Score<S>> VectorField<S>
+    for ProbabilityFlow<P, Sc>
+{
     fn velocity(&self, x: &S, t: f64) -> Result<S> {
         let f = self.sde.drift(x, t)?;
         let (c, _) = half_correction(&self.sde, &self.score, x, t)?;
@@ -73,7 +75,9 @@ impl<F, Sc, G> ForwardSde<F, Sc, G> {
     }
 }
 
-impl<S: Vector, F: VectorField<S>, Sc: Score<S>, G: Diffusion<S>> Drift<S> for ForwardSde<F, Sc, G> {
+impl<S: Vector, F: VectorField<S>, Sc: Score<S>, G: Diffusion<S>> Drift<S>
+    for ForwardSde<F, Sc, G>
+{
     fn drift(&self, x: &S, t: f64) -> Result<S> {
         let v = self.ode.velocity(x, t)?;
         let (c, _) = half_correction(&self.diffusion, &self.score, x, t)?;

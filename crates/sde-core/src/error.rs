@@ -45,7 +45,11 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     /// An [`Error::InvalidParameter`] for `name = value`.
-    pub fn invalid(name: &'static str, value: impl std::fmt::Display, reason: &'static str) -> Self {
+    pub fn invalid(
+        name: &'static str,
+        value: impl std::fmt::Display,
+        reason: &'static str,
+    ) -> Self {
         Error::InvalidParameter {
             name,
             value: value.to_string(),
@@ -77,6 +81,10 @@ pub fn check_non_negative(name: &'static str, value: f64) -> Result<f64> {
     if value.is_finite() && value >= 0.0 {
         Ok(value)
     } else {
-        Err(Error::invalid(name, value, "must be finite and non-negative"))
+        Err(Error::invalid(
+            name,
+            value,
+            "must be finite and non-negative",
+        ))
     }
 }

@@ -41,6 +41,15 @@ impl<S: Vector> Noise<S> {
         }
     }
 
+    /// `x + c g ⊙ eps`: adds the scaled diffusion term to `x` in as few passes as possible
+    /// (one `add_scaled` for scalar noise).
+    pub fn add_to(&self, x: &S, c: f64, eps: &S) -> Result<S> {
+        match self {
+            Noise::Scalar(g) => x.add_scaled(c * g, eps),
+            Noise::Diagonal(g) => x.add_scaled(c, &g.mul(eps)?),
+        }
+    }
+
     /// `D v = g² ⊙ v`, the diffusion matrix `D = g gᵀ` applied to `v`.
     pub fn apply_d(&self, v: &S) -> Result<S> {
         match self {

@@ -34,7 +34,10 @@ impl Gaussian {
     }
     /// The standard normal N(0, 1).
     pub fn standard() -> Self {
-        Self { mean: 0.0, var: 1.0 }
+        Self {
+            mean: 0.0,
+            var: 1.0,
+        }
     }
     /// The mean.
     pub fn mean(&self) -> f64 {
@@ -210,7 +213,10 @@ impl LinearGaussianPath {
     pub fn marginal(&self, t: f64) -> Gaussian {
         let m = (1.0 - t) * self.m0 + t * self.m1;
         let s = (1.0 - t) * self.s0 + t * self.s1;
-        Gaussian { mean: m, var: s * s }
+        Gaussian {
+            mean: m,
+            var: s * s,
+        }
     }
     /// `v(x, t) = ṁ + (ṡ / s)(x − m)`.
     pub fn velocity_at_f64(&self, x: f64, t: f64) -> f64 {
@@ -286,7 +292,9 @@ impl Score<f64> for MixturePath {
 impl Score<Vec<f64>> for MixturePath {
     fn score(&self, x: &Vec<f64>, t: f64) -> Result<Vec<f64>> {
         let mix = self.marginal(t);
-        Ok(x.iter().map(|&v| self.velocity_score_in(&mix, v, t).1).collect())
+        Ok(x.iter()
+            .map(|&v| self.velocity_score_in(&mix, v, t).1)
+            .collect())
     }
 }
 

@@ -128,8 +128,8 @@ impl OrnsteinUhlenbeck {
 impl LinearGaussianSde for OrnsteinUhlenbeck {
     fn mean_variance(&self, m0: f64, v0: f64, t: f64) -> (f64, f64) {
         let e = (-self.theta * t).exp();
-        let var = v0 * e * e + self.sigma * self.sigma * (-(-2.0 * self.theta * t).exp_m1())
-            / (2.0 * self.theta);
+        let var = v0 * e * e
+            + self.sigma * self.sigma * (-(-2.0 * self.theta * t).exp_m1()) / (2.0 * self.theta);
         (m0 * e, var)
     }
 }
@@ -150,7 +150,11 @@ impl VariancePreserving {
         check_non_negative("beta_min", beta_min)?;
         check_finite("beta_max", beta_max)?;
         if beta_max < beta_min {
-            return Err(Error::invalid("beta_max", beta_max, "must be at least beta_min"));
+            return Err(Error::invalid(
+                "beta_max",
+                beta_max,
+                "must be at least beta_min",
+            ));
         }
         Ok(Self { beta_min, beta_max })
     }

@@ -193,7 +193,10 @@ pub fn tensor_standard_normal<R: Rng + ?Sized>(
 /// normalizing flow is integrated as `(S, L)`.
 impl<A: Vector, B: Vector> Vector for (A, B) {
     fn add_scaled(&self, a: f64, other: &Self) -> Result<Self> {
-        Ok((self.0.add_scaled(a, &other.0)?, self.1.add_scaled(a, &other.1)?))
+        Ok((
+            self.0.add_scaled(a, &other.0)?,
+            self.1.add_scaled(a, &other.1)?,
+        ))
     }
     fn scale(&self, a: f64) -> Result<Self> {
         Ok((self.0.scale(a)?, self.1.scale(a)?))

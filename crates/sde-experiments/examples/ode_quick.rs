@@ -3,13 +3,29 @@ use candle_core::Device;
 use sde_experiments::{ode, Dataset};
 
 fn main() -> anyhow::Result<()> {
-    let epochs: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(2);
+    let epochs: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(2);
     let data = Dataset::paper(0);
     let mut config = ode::OdeConfig::reference();
     config.train.epochs = epochs;
     config.train.validate_every = 1000;
     let t = std::time::Instant::now();
-    let out = ode::run(&config, &data, &Device::Cpu, |e| println!("epoch {} loss {:.4} val {:?}", e.epoch, e.train_loss, e.validation))?;
-    println!("train {:.2}s ({:.1} ms/step), total {:.2}s; val RK2 {:?} RK4 {:?}", out.history.seconds, 1e3 * (out.history.seconds - out.history.validation_seconds) / (8 * epochs) as f64, t.elapsed().as_secs_f64(), out.val_ll_train_method, out.val_ll_eval_method);
+    let out = ode::run(&config, &data, &Device::Cpu, |e| {
+        println!(
+            "epoch {} loss {:.4} val {:?}",
+            e.epoch, e.train_loss, e.validation
+        )
+    })?;
+    println!(
+        "train {:.2}s ({:.1} ms/step), total {:.2}s; val RK2 {:?} RK4 {:?}",
+        out.history.seconds,
+        1e3 * (out.history.seconds - out.history.validation_seconds) / (8 * epochs) as f64,
+        t.elapsed().as_secs_f64(),
+        out.val_ll_train_method,
+        out.val_ll_eval_method
+    );
     Ok(())
 }

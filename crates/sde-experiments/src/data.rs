@@ -16,13 +16,21 @@ impl LaplaceMixture {
     /// A mixture with the given `locations` (at least one, finite) and `scale` (positive).
     pub fn new(locations: Vec<f64>, scale: f64) -> Result<Self> {
         if locations.is_empty() {
-            return Err(Error::invalid("locations", "[]", "need at least one location"));
+            return Err(Error::invalid(
+                "locations",
+                "[]",
+                "need at least one location",
+            ));
         }
         if let Some(&m) = locations.iter().find(|m| !m.is_finite()) {
             return Err(Error::invalid("location", m, "must be finite"));
         }
         if !(scale.is_finite() && scale > 0.0) {
-            return Err(Error::invalid("scale", scale, "must be finite and positive"));
+            return Err(Error::invalid(
+                "scale",
+                scale,
+                "must be finite and positive",
+            ));
         }
         Ok(Self { locations, scale })
     }
@@ -84,7 +92,12 @@ impl LaplaceMixture {
     /// mixture this is −2.98755 nats (`MATH.md` §9).
     pub fn expected_log_likelihood(&self) -> f64 {
         let lo = self.locations.iter().cloned().fold(f64::INFINITY, f64::min) - 40.0 * self.scale;
-        let hi = self.locations.iter().cloned().fold(f64::NEG_INFINITY, f64::max) + 40.0 * self.scale;
+        let hi = self
+            .locations
+            .iter()
+            .cloned()
+            .fold(f64::NEG_INFINITY, f64::max)
+            + 40.0 * self.scale;
         let h = self.scale / 1000.0;
         let n = (((hi - lo) / h).round() as usize) & !1; // even number of intervals
         let f = |y: f64| {
@@ -120,7 +133,12 @@ pub struct Dataset {
 impl Dataset {
     /// `n_train` and `n_validation` draws from `mixture` with an RNG seeded by `seed` (the
     /// training set first).
-    pub fn draw(mixture: &LaplaceMixture, n_train: usize, n_validation: usize, seed: u64) -> Result<Self> {
+    pub fn draw(
+        mixture: &LaplaceMixture,
+        n_train: usize,
+        n_validation: usize,
+        seed: u64,
+    ) -> Result<Self> {
         if n_train == 0 {
             return Err(Error::invalid("n_train", 0, "must be at least 1"));
         }
@@ -135,7 +153,12 @@ impl Dataset {
         Self::draw_valid(&LaplaceMixture::paper(), 1000, 8000, seed)
     }
 
-    fn draw_valid(mixture: &LaplaceMixture, n_train: usize, n_validation: usize, seed: u64) -> Self {
+    fn draw_valid(
+        mixture: &LaplaceMixture,
+        n_train: usize,
+        n_validation: usize,
+        seed: u64,
+    ) -> Self {
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
         let train = mixture.sample(&mut rng, n_train);
         let validation = mixture.sample(&mut rng, n_validation);

@@ -43,7 +43,11 @@ pub enum Error {
 
 impl Error {
     /// An [`Error::InvalidParameter`] for `name = value`.
-    pub fn invalid(name: &'static str, value: impl std::fmt::Display, reason: &'static str) -> Self {
+    pub fn invalid(
+        name: &'static str,
+        value: impl std::fmt::Display,
+        reason: &'static str,
+    ) -> Self {
         Error::InvalidParameter {
             name,
             value: value.to_string(),

@@ -65,7 +65,9 @@ pub struct CnfObjective {
 
 impl Objective for CnfObjective {
     fn loss(&mut self, batch: &Tensor, _rng: &mut StdRng) -> Result<Tensor> {
-        let ll = self.model.log_likelihood(batch, self.method, self.n_steps)?;
+        let ll = self
+            .model
+            .log_likelihood(batch, self.method, self.n_steps)?;
         Ok(ll.mean_all()?.neg()?)
     }
     fn validate(&mut self, data: &Tensor, _rng: &mut StdRng) -> Result<f64> {
@@ -75,7 +77,12 @@ impl Objective for CnfObjective {
 
 /// Mean log-likelihood of `data` `(n, 1)` under `model` and its standard error over points,
 /// computed in chunks of 2,000 points without building a gradient graph.
-pub fn mean_log_likelihood(model: &NeuralOde, data: &Tensor, method: OdeMethod, n_steps: usize) -> Result<(f64, f64)> {
+pub fn mean_log_likelihood(
+    model: &NeuralOde,
+    data: &Tensor,
+    method: OdeMethod,
+    n_steps: usize,
+) -> Result<(f64, f64)> {
     let n = data.dim(0)?;
     let model = model.detached()?;
     let mut values = Vec::with_capacity(n);
@@ -139,16 +146,30 @@ pub fn build_model(config: &OdeConfig, device: &Device) -> Result<(NeuralOde, Va
 
 /// Runs the ODE experiment on `data`: trains, then evaluates on the validation set with the
 /// training solver and with the evaluation solver.
-pub fn run(config: &OdeConfig, data: &Dataset, device: &Device, on_epoch: impl FnMut(&Evaluation)) -> Result<OdeOutcome> {
+pub fn run(
+    config: &OdeConfig,
+    data: &Dataset,
+    device: &Device,
+    on_epoch: impl FnMut(&Evaluation),
+) -> Result<OdeOutcome> {
     let (model, vars) = build_model(config, device)?;
     let mut objective = CnfObjective {
         model: model.clone(),
         method: config.train_method,
         n_steps: config.n_steps,
     };
-    let history = train(&mut objective, &vars, data, &config.train, config.dtype, device, on_epoch)?;
+    let history = train(
+        &mut objective,
+        &vars,
+        data,
+        &config.train,
+        config.dtype,
+        device,
+        on_epoch,
+    )?;
     let val = column(&data.validation, config.dtype, device)?;
-    let val_ll_train_method = mean_log_likelihood(&model, &val, config.train_method, config.n_steps)?;
+    let val_ll_train_method =
+        mean_log_likelihood(&model, &val, config.train_method, config.n_steps)?;
     let val_ll_eval_method = mean_log_likelihood(&model, &val, config.eval_method, config.n_steps)?;
     Ok(OdeOutcome {
         model,

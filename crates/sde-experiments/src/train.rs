@@ -76,7 +76,11 @@ impl TrainConfig {
         }
         if let Some(c) = self.grad_clip {
             if !(c.is_finite() && c > 0.0) {
-                return Err(Error::invalid("grad_clip", c, "must be finite and positive"));
+                return Err(Error::invalid(
+                    "grad_clip",
+                    c,
+                    "must be finite and positive",
+                ));
             }
         }
         if self.validate_every == 0 {
@@ -224,11 +228,19 @@ fn check_data(name: &'static str, data: &[f64]) -> Result<()> {
 }
 
 /// Scales all gradients so that their global L2 norm is at most `max_norm`.
-fn clip_grad_norm(grads: &mut candle_core::backprop::GradStore, vars: &[Var], max_norm: f64) -> Result<()> {
+fn clip_grad_norm(
+    grads: &mut candle_core::backprop::GradStore,
+    vars: &[Var],
+    max_norm: f64,
+) -> Result<()> {
     let mut sq = 0.0;
     for v in vars {
         if let Some(g) = grads.get(v.as_tensor()) {
-            sq += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            sq += g
+                .sqr()?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
         }
     }
     let norm = sq.sqrt();

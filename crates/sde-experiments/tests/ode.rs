@@ -34,7 +34,8 @@ fn short_training_improves_and_is_reproducible() {
     let config = small_config();
     let (model, _) = ode::build_model(&config, &Device::Cpu).unwrap();
     let val = sde_experiments::train::column(&data.validation, DType::F32, &Device::Cpu).unwrap();
-    let (before, _) = ode::mean_log_likelihood(&model, &val, config.train_method, config.n_steps).unwrap();
+    let (before, _) =
+        ode::mean_log_likelihood(&model, &val, config.train_method, config.n_steps).unwrap();
     let a = ode::run(&config, &data, &Device::Cpu, |_| {}).unwrap();
     let b = ode::run(&config, &data, &Device::Cpu, |_| {}).unwrap();
     let after = a.val_ll_train_method.0;
@@ -50,22 +51,45 @@ fn bad_input_is_an_error() {
     let data = small_data();
     let mut c = small_config();
     c.train.batch_size = 0;
-    let e = ode::run(&c, &data, &Device::Cpu, |_| {}).unwrap_err().to_string();
-    assert_eq!(e, "invalid batch_size: 0 (must be between 1 and the training set size)");
+    let e = ode::run(&c, &data, &Device::Cpu, |_| {})
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "invalid batch_size: 0 (must be between 1 and the training set size)"
+    );
     c.train.batch_size = 401;
-    assert!(ode::run(&c, &data, &Device::Cpu, |_| {}).unwrap_err().to_string().contains("batch_size: 401"));
+    assert!(ode::run(&c, &data, &Device::Cpu, |_| {})
+        .unwrap_err()
+        .to_string()
+        .contains("batch_size: 401"));
     let mut c = small_config();
     c.train.lr = 0.0;
-    assert!(ode::run(&c, &data, &Device::Cpu, |_| {}).unwrap_err().to_string().contains("lr: 0"));
+    assert!(ode::run(&c, &data, &Device::Cpu, |_| {})
+        .unwrap_err()
+        .to_string()
+        .contains("lr: 0"));
     let mut c = small_config();
     c.n_steps = 0;
-    assert!(ode::run(&c, &data, &Device::Cpu, |_| {}).unwrap_err().to_string().contains("n_steps: 0"));
+    assert!(ode::run(&c, &data, &Device::Cpu, |_| {})
+        .unwrap_err()
+        .to_string()
+        .contains("n_steps: 0"));
     let c = small_config();
     let mut bad = data.clone();
     bad.train[3] = f64::NAN;
-    assert!(ode::run(&c, &bad, &Device::Cpu, |_| {}).unwrap_err().to_string().contains("train: NaN"));
-    let empty = Dataset { train: vec![], validation: data.validation.clone() };
+    assert!(ode::run(&c, &bad, &Device::Cpu, |_| {})
+        .unwrap_err()
+        .to_string()
+        .contains("train: NaN"));
+    let empty = Dataset {
+        train: vec![],
+        validation: data.validation.clone(),
+    };
     assert!(ode::run(&c, &empty, &Device::Cpu, |_| {}).is_err());
     assert!(Dataset::draw(&LaplaceMixture::paper(), 0, 10, 0).is_err());
-    assert!(LaplaceMixture::new(vec![0.0], -1.0).unwrap_err().to_string().contains("scale: -1"));
+    assert!(LaplaceMixture::new(vec![0.0], -1.0)
+        .unwrap_err()
+        .to_string()
+        .contains("scale: -1"));
 }

@@ -36,18 +36,19 @@ impl SdeMethod {
         S: Vector,
         P: Drift<S> + Diffusion<S> + ?Sized,
     {
-        let dw = eps.scale(h.abs().sqrt())?;
+        let sqrt_h = h.abs().sqrt();
         let f = sde.drift(x, t)?;
-        let gdw = sde.diffusion(x, t)?.apply(&dw)?;
-        let euler = x.add_scaled(h, &f)?.add(&gdw)?;
+        let g = sde.diffusion(x, t)?;
+        let drifted = x.add_scaled(h, &f)?;
         match self {
-            SdeMethod::EulerMaruyama => Ok(euler),
+            SdeMethod::EulerMaruyama => Ok(g.add_to(&drifted, sqrt_h, eps)?),
             SdeMethod::StochasticHeun => {
-                let f2 = sde.drift(&euler, t + h)?;
-                let gdw2 = sde.diffusion(&euler, t + h)?.apply(&dw)?;
-                Ok(x
-                    .add_scaled(0.5 * h, &f.add(&f2)?)?
-                    .add_scaled(0.5, &gdw.add(&gdw2)?)?)
+                let predictor = g.add_to(&drifted, sqrt_h, eps)?;
+                let f2 = sde.drift(&predictor, t + h)?;
+                let g2 = sde.diffusion(&predictor, t + h)?;
+                let mean = x.add_scaled(0.5 * h, &f)?.add_scaled(0.5 * h, &f2)?;
+                let half = g.add_to(&mean, 0.5 * sqrt_h, eps)?;
+                Ok(g2.add_to(&half, 0.5 * sqrt_h, eps)?)
             }
         }
     }

@@ -62,7 +62,11 @@ impl NeuralOde {
     /// one Rademacher probe `ε` per sample drawn from `rng` and held fixed along the
     /// integration (FFJORD). Unbiased; one tangent instead of `d`. `batch` is the number of
     /// samples the copy will integrate.
-    pub fn with_hutchinson_probe<R: Rng + ?Sized>(&self, batch: usize, rng: &mut R) -> Result<Self> {
+    pub fn with_hutchinson_probe<R: Rng + ?Sized>(
+        &self,
+        batch: usize,
+        rng: &mut R,
+    ) -> Result<Self> {
         let d = self.dim();
         let mut v: Vec<f64> = (0..batch * d)
             .map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 })
@@ -100,11 +104,19 @@ impl NeuralOde {
     pub fn log_likelihood(&self, ys: &Tensor, method: OdeMethod, n_steps: usize) -> Result<Tensor> {
         let (batch, d) = ys.dims2()?;
         if d != self.dim() {
-            return Err(Error::invalid("ys", format!("shape {:?}", ys.dims()), "width must equal the model's dimension"));
+            return Err(Error::invalid(
+                "ys",
+                format!("shape {:?}", ys.dims()),
+                "width must equal the model's dimension",
+            ));
         }
         if let Some(p) = &self.probe {
             if p.dim(0)? != batch {
-                return Err(Error::invalid("ys", format!("batch {batch}"), "must equal the Hutchinson probe's batch"));
+                return Err(Error::invalid(
+                    "ys",
+                    format!("batch {batch}"),
+                    "must equal the Hutchinson probe's batch",
+                ));
             }
         }
         let grid = TimeGrid::uniform(1.0, 0.0, n_steps)?;
@@ -140,7 +152,12 @@ impl NeuralOde {
         rng: &mut R,
         record: bool,
     ) -> Result<Vec<Tensor>> {
-        let x0 = sde_core::tensor_standard_normal(rng, &[n, self.dim()], self.mlp.dtype(), self.mlp.device())?;
+        let x0 = sde_core::tensor_standard_normal(
+            rng,
+            &[n, self.dim()],
+            self.mlp.dtype(),
+            self.mlp.device(),
+        )?;
         let grid = TimeGrid::uniform(0.0, 1.0, n_steps)?;
         let sol = method.solve(self, x0, &grid, record)?;
         Ok(sol.states().to_vec())

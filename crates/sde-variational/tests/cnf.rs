@@ -43,7 +43,12 @@ fn linear_field_log_likelihood_is_the_exact_gaussian() {
         let zero = Tensor::zeros((21, 1), DType::F64, &Device::Cpu).unwrap();
         let sol = cnf::integrate(method, &f, yt.clone(), zero, &grid).unwrap();
         let x0: Vec<f64> = sol.x_end.flatten_all().unwrap().to_vec1().unwrap();
-        let div: Vec<f64> = sol.divergence_integral.flatten_all().unwrap().to_vec1().unwrap();
+        let div: Vec<f64> = sol
+            .divergence_integral
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         for ((y, x0), d) in ys.iter().zip(&x0).zip(&div) {
             let ll = -0.5 * x0 * x0 - 0.5 * LN_2PI + d;
             let exact = -0.5 * (y - mean).powi(2) / var - 0.5 * (var.ln() + LN_2PI);
@@ -70,7 +75,9 @@ fn random_ode(seed: u64, dtype: DType) -> NeuralOde {
 #[test]
 fn random_network_density_integrates_to_one() {
     let model = random_ode(3, DType::F64);
-    let xs: Vec<f64> = (0..=1200).map(|i| -12.0 + 24.0 * i as f64 / 1200.0).collect();
+    let xs: Vec<f64> = (0..=1200)
+        .map(|i| -12.0 + 24.0 * i as f64 / 1200.0)
+        .collect();
     let t = Tensor::from_slice(&xs, (xs.len(), 1), &Device::Cpu).unwrap();
     let ll: Vec<f64> = model
         .log_likelihood(&t, OdeMethod::Rk4, 50)
@@ -98,7 +105,14 @@ fn hutchinson_is_exact_in_one_dimension() {
         .unwrap()
         .log_likelihood(&ys, OdeMethod::Midpoint, 10)
         .unwrap();
-    let d = (exact - hutch).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+    let d = (exact - hutch)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
     assert!(d < 1e-12, "{d}");
 }
 
@@ -106,11 +120,17 @@ fn hutchinson_is_exact_in_one_dimension() {
 fn bad_input_is_an_error() {
     let model = random_ode(5, DType::F64);
     let ys = Tensor::zeros((4, 1), DType::F64, &Device::Cpu).unwrap();
-    let e = model.log_likelihood(&ys, OdeMethod::Rk4, 0).unwrap_err().to_string();
+    let e = model
+        .log_likelihood(&ys, OdeMethod::Rk4, 0)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("n_steps: 0"), "{e}");
     let wide = Tensor::zeros((4, 2), DType::F64, &Device::Cpu).unwrap();
     assert!(model.log_likelihood(&wide, OdeMethod::Rk4, 5).is_err());
     let nan = Tensor::new(&[[f64::NAN]], &Device::Cpu).unwrap();
-    let e = model.log_likelihood(&nan, OdeMethod::Rk4, 5).unwrap_err().to_string();
+    let e = model
+        .log_likelihood(&nan, OdeMethod::Rk4, 5)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("non-finite"), "{e}");
 }
