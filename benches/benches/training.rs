@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use std::hint::black_box;
 
-use criterion::{criterion_main, Criterion};
+use criterion::{criterion_main, Criterion, Throughput};
 use sde_experiments::{ode, Dataset};
 
 fn ode_training_step(c: &mut Criterion) {
@@ -27,6 +27,8 @@ fn ode_training_step(c: &mut Criterion) {
     .expect("optimiser");
     let mut group = c.benchmark_group("ode_train_step");
     group.sample_size(20);
+    // One element = one optimizer step, so `cargo xtask bench` lists steps per second.
+    group.throughput(Throughput::Elements(1));
     group.bench_function("batch125_rk2_99", |b| {
         b.iter(|| {
             let ll = model

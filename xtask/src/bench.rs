@@ -1,4 +1,5 @@
-//! `cargo xtask bench [--quick]`: runs `cargo bench -p sde-benches --bench solvers`, then
+//! `cargo xtask bench [--quick]`: runs `cargo bench -p sde-benches --benches` (the solver
+//! suite and one ODE-experiment training step), then
 //! reads Criterion's results (`target/criterion/**/new/{benchmark,estimates}.json`) and writes
 //! `target/bench/summary.md` and `summary.json`:
 //!
@@ -209,12 +210,12 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// `cargo bench -p sde-benches --bench solvers [-- filter]`, quick suite via the env var.
+/// `cargo bench -p sde-benches --benches [-- filter]` (solvers and the training step), quick suite via the env var.
 fn run_cargo_bench(root: &Path, quick: bool, filter: Option<&str>) -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
-        .args(["bench", "-p", "sde-benches", "--bench", "solvers"]);
+        .args(["bench", "-p", "sde-benches", "--benches"]);
     if let Some(filter) = filter {
         cmd.args(["--", filter]);
     }

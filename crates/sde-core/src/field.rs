@@ -109,7 +109,8 @@ pub trait PointwiseField<T: Real> {
     fn velocity_at(&self, x: T, t: f64) -> T;
 }
 
-/// Implements [`Drift`] and [`Diffusion`] for `f32`, `f64`, `Vec<f32>`, `Vec<f64>` from a
+/// Implements [`Drift`] and [`Diffusion`] for `f32`, `f64`, `[f32; N]`, `[f64; N]`,
+/// `Vec<f32>`, `Vec<f64>` from a
 /// type's [`PointwiseSde`] implementations.
 #[macro_export]
 macro_rules! impl_pointwise_sde {
@@ -132,6 +133,24 @@ macro_rules! impl_pointwise_sde {
             fn diffusion_divergence(&self, x: &$t, t: f64) -> $crate::Result<Option<$t>> {
                 let p = $crate::PointwiseSde::<$t>::is_additive(self);
                 Ok((!p).then(|| $crate::PointwiseSde::<$t>::diffusion_sq_dx_at(self, *x, t)))
+            }
+        }
+        impl<const N: usize> $crate::Drift<[$t; N]> for $ty {
+            #[inline]
+            fn drift(&self, x: &[$t; N], t: f64) -> $crate::Result<[$t; N]> {
+                Ok(x.map(|v| $crate::PointwiseSde::<$t>::drift_at(self, v, t)))
+            }
+        }
+        impl<const N: usize> $crate::Diffusion<[$t; N]> for $ty {
+            #[inline]
+            fn diffusion(&self, x: &[$t; N], t: f64) -> $crate::Result<$crate::Noise<[$t; N]>> {
+                Ok($crate::Noise::Diagonal(
+                    x.map(|v| $crate::PointwiseSde::<$t>::diffusion_at(self, v, t)),
+                ))
+            }
+            fn diffusion_divergence(&self, x: &[$t; N], t: f64) -> $crate::Result<Option<[$t; N]>> {
+                let p = $crate::PointwiseSde::<$t>::is_additive(self);
+                Ok((!p).then(|| x.map(|v| $crate::PointwiseSde::<$t>::diffusion_sq_dx_at(self, v, t))))
             }
         }
         impl $crate::Drift<Vec<$t>> for $ty {
