@@ -3,9 +3,9 @@
 //! struct and a `run(Args) -> anyhow::Result<()>`; outputs go under `target/`.
 //!
 //! - `cargo xtask reproduce [--quick] [--out DIR]`: the paper's experiments end to end
-//!   ([`reproduce`]).
+//!   ([`reproduce`](mod@reproduce)).
 //! - `cargo xtask bench [--quick]`: the Criterion benchmarks and a summary against the
-//!   reference timings ([`bench`]).
+//!   reference timings ([`bench`](mod@bench)).
 
 use std::path::PathBuf;
 

@@ -6,7 +6,7 @@
 //!
 //! - [`data`]: the Laplace mixture, its exact density and expected log-likelihood, seeded
 //!   training and validation sets.
-//! - [`train`]: a reusable training loop (Adam, shuffled batches, periodic validation,
+//! - [`train`](mod@train): a reusable training loop (Adam, shuffled batches, periodic validation,
 //!   progress callbacks, checkpoints).
 //! - [`ode`]: the ODE (continuous normalizing flow) experiment, REFERENCE.md §1.
 //!
