@@ -51,8 +51,8 @@ pub fn run(args: Args) -> Result<()> {
     let mut config = ode::OdeConfig::reference();
     config.train.checkpoint = Some(args.out.join("ode.safetensors"));
     let data_run = if args.quick {
-        config.train.epochs = 6;
-        config.train.validate_every = 3;
+        config.train.epochs = 20;
+        config.train.validate_every = 5;
         // A quarter of the validation set keeps the quick run's evaluations short.
         Dataset {
             train: data.train.clone(),
