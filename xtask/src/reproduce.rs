@@ -29,6 +29,9 @@ pub struct Args {
     /// drawn sample's true log-likelihood beside the population value).
     #[arg(long, default_value_t = 0)]
     data_seed: u64,
+    /// Continue an interrupted run from the checkpoints in the output folder.
+    #[arg(long)]
+    resume: bool,
 }
 
 /// Population expected log-likelihood of the paper's mixture (MATH.md §9).
@@ -49,7 +52,12 @@ pub fn run(args: Args) -> Result<()> {
     );
 
     let mut config = ode::OdeConfig::reference();
-    config.train.checkpoint = Some(args.out.join("ode.safetensors"));
+    config.train.checkpoint = Some(args.out.join(if args.quick {
+        "ode-quick.safetensors"
+    } else {
+        "ode.safetensors"
+    }));
+    config.train.resume = args.resume;
     let data_run = if args.quick {
         config.train.epochs = 20;
         config.train.validate_every = 5;

@@ -32,8 +32,13 @@ pub struct TrainConfig {
     pub validate_every: usize,
     /// Seed of the shuffling and of every Monte-Carlo draw in the losses.
     pub seed: u64,
-    /// Save the parameters here (safetensors) at every validation, if set.
+    /// Save the parameters here (safetensors) at every validation, if set, with the epoch
+    /// and training curve beside it (the same path with extension `json`).
     pub checkpoint: Option<PathBuf>,
+    /// Start from the checkpoint, if one exists: its parameters, epoch and curve. Adam's
+    /// moment estimates are not saved and restart from zero, so a resumed run is close to,
+    /// not identical with, an uninterrupted one.
+    pub resume: bool,
 }
 
 impl Default for TrainConfig {
@@ -47,6 +52,7 @@ impl Default for TrainConfig {
             validate_every: 10,
             seed: 0,
             checkpoint: None,
+            resume: false,
         }
     }
 }
@@ -100,7 +106,7 @@ pub trait Objective {
 }
 
 /// One point of the training curve.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Evaluation {
     /// Epochs completed.
     pub epoch: usize,
@@ -163,15 +169,23 @@ pub fn train<O: Objective>(
             weight_decay: config.weight_decay,
         },
     )?;
-    let mut rng = StdRng::seed_from_u64(config.seed);
     let validation_t = column(validation, dtype, device)?;
-    let mut order: Vec<usize> = (0..train.len()).collect();
+    let mut order: Vec<usize> = Vec::with_capacity(train.len());
     let mut batch = vec![0.0; config.batch_size];
     let n_batches = train.len() / config.batch_size;
-    let mut curve = Vec::with_capacity(config.epochs);
+    let mut curve = match (&config.checkpoint, config.resume) {
+        (Some(path), true) if path.exists() => load_checkpoint(vars, path)?,
+        _ => Vec::with_capacity(config.epochs),
+    };
     let start = Instant::now();
     let mut validation_seconds = 0.0;
-    for epoch in 1..=config.epochs {
+    for epoch in curve.len() + 1..=config.epochs {
+        // One RNG per epoch, derived from the seed: a run resumed at any epoch draws the same
+        // batches and Monte-Carlo samples as an uninterrupted one.
+        let mut rng =
+            StdRng::seed_from_u64(config.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ epoch as u64);
+        order.clear();
+        order.extend(0..train.len());
         order.shuffle(&mut rng);
         let mut total = 0.0;
         for b in 0..n_batches {
@@ -195,12 +209,6 @@ pub fn train<O: Objective>(
             let t0 = Instant::now();
             let v = objective.validate(&validation_t, &mut rng)?;
             validation_seconds += t0.elapsed().as_secs_f64();
-            if let Some(path) = &config.checkpoint {
-                vars.save(path).map_err(|source| Error::Checkpoint {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-            }
             Some(v)
         } else {
             None
@@ -212,12 +220,50 @@ pub fn train<O: Objective>(
         };
         on_epoch(&e);
         curve.push(e);
+        if let (true, Some(path)) = (validate, &config.checkpoint) {
+            save_checkpoint(vars, path, &curve)?;
+        }
     }
     Ok(TrainHistory {
         curve,
         seconds: start.elapsed().as_secs_f64(),
         validation_seconds,
     })
+}
+
+fn checkpoint_error(path: &std::path::Path, message: String) -> Error {
+    Error::Checkpoint {
+        path: path.display().to_string(),
+        source: candle_core::Error::Msg(message),
+    }
+}
+
+/// Saves the parameters to `path` and the curve so far beside it (`path` with extension
+/// `json`); the JSON is written last, so a crash between the two leaves the older pair.
+fn save_checkpoint(vars: &VarMap, path: &std::path::Path, curve: &[Evaluation]) -> Result<()> {
+    vars.save(path).map_err(|source| Error::Checkpoint {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let json = serde_json::to_string(curve).map_err(|e| checkpoint_error(path, e.to_string()))?;
+    std::fs::write(path.with_extension("json"), json)
+        .map_err(|e| checkpoint_error(path, e.to_string()))
+}
+
+/// Loads the parameters saved at `path` into `vars` and returns the curve saved beside them.
+fn load_checkpoint(vars: &VarMap, path: &std::path::Path) -> Result<Vec<Evaluation>> {
+    let json = std::fs::read_to_string(path.with_extension("json"))
+        .map_err(|e| checkpoint_error(path, format!("reading its curve: {e}")))?;
+    let curve: Vec<Evaluation> =
+        serde_json::from_str(&json).map_err(|e| checkpoint_error(path, e.to_string()))?;
+    // A `VarMap` clone shares its variables: loading through it sets the caller's.
+    vars.clone()
+        .load(path)
+        .map_err(|source| Error::Checkpoint {
+            path: path.display().to_string(),
+            source,
+        })?;
+    Ok(curve)
 }
 
 fn check_data(name: &'static str, data: &[f64]) -> Result<()> {

@@ -93,3 +93,35 @@ fn bad_input_is_an_error() {
         .to_string()
         .contains("scale: -1"));
 }
+
+#[test]
+fn interrupted_training_resumes_from_its_checkpoint() {
+    let data = small_data();
+    let dir = std::env::temp_dir().join(format!("sde-ckpt-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut config = small_config();
+    config.train.epochs = 4;
+    config.train.validate_every = 2;
+    let full = ode::run(&config, &data, &Device::Cpu, |_| {}).unwrap();
+
+    // "Crash" after epoch 2: a run of 2 epochs that checkpoints, then resume to 4.
+    config.train.checkpoint = Some(dir.join("ode.safetensors"));
+    config.train.epochs = 2;
+    let first = ode::run(&config, &data, &Device::Cpu, |_| {}).unwrap();
+    config.train.epochs = 4;
+    config.train.resume = true;
+    let mut seen = vec![];
+    let resumed = ode::run(&config, &data, &Device::Cpu, |e| seen.push(e.epoch)).unwrap();
+    assert_eq!(seen, vec![3, 4], "only the missing epochs are trained");
+    assert_eq!(&resumed.history.curve[..2], &first.history.curve[..]);
+    assert_eq!(&full.history.curve[..2], &first.history.curve[..]);
+    // Resuming a finished run trains nothing and restores exactly the saved weights.
+    config.train.epochs = 4;
+    let again = ode::run(&config, &data, &Device::Cpu, |_| {
+        panic!("nothing left to train")
+    })
+    .unwrap();
+    assert_eq!(again.val_ll_eval_method, resumed.val_ll_eval_method);
+    assert!(resumed.val_ll_eval_method.0.is_finite());
+    std::fs::remove_dir_all(&dir).ok();
+}
