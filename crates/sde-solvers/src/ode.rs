@@ -140,21 +140,32 @@ impl OdeMethod {
         grid: &TimeGrid,
         record: bool,
     ) -> Result<Solution<S>> {
-        check_state(&x0, grid.start(), "")?;
         let tab = self.tableau();
-        let mut states = Vec::with_capacity(if record { grid.n_steps() + 1 } else { 1 });
-        let mut x = x0;
-        for (t, h) in grid.steps() {
-            let next = tab.step(field, &x, t, h)?;
-            if record {
-                states.push(x);
-            }
-            x = next;
-        }
-        check_state(&x, grid.end(), " (is the step too large for the problem?)")?;
-        states.push(x);
-        Ok(Solution::new(grid, states, record))
+        march(x0, grid, record, |x, t, h| tab.step(field, x, t, h))
     }
+}
+
+/// Advances `x0` along `grid` with `step(x, t, h)`, keeping every state when `record`, and
+/// checks that the start and the end are finite: the loop every solver shares.
+pub(crate) fn march<S: Vector>(
+    x0: S,
+    grid: &TimeGrid,
+    record: bool,
+    mut step: impl FnMut(&S, f64, f64) -> Result<S>,
+) -> Result<Solution<S>> {
+    check_state(&x0, grid.start(), "")?;
+    let mut states = Vec::with_capacity(if record { grid.n_steps() + 1 } else { 1 });
+    let mut x = x0;
+    for (t, h) in grid.steps() {
+        let next = step(&x, t, h)?;
+        if record {
+            states.push(x);
+        }
+        x = next;
+    }
+    check_state(&x, grid.end(), " (is the step too large for the problem?)")?;
+    states.push(x);
+    Ok(Solution::new(grid, states, record))
 }
 
 pub(crate) fn check_state<S: Vector>(x: &S, t: f64, hint: &'static str) -> Result<()> {

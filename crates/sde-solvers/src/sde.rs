@@ -13,7 +13,7 @@ use sde_core::{Diffusion, Drift, Vector};
 
 use crate::error::Result;
 use crate::grid::TimeGrid;
-use crate::ode::check_state;
+use crate::ode::march;
 use crate::solution::Solution;
 
 /// The SDE methods, chosen at run time without dynamic dispatch.
@@ -82,19 +82,9 @@ impl SdeMethod {
         P: Drift<S> + Diffusion<S> + ?Sized,
         R: Rng + ?Sized,
     {
-        check_state(&x0, grid.start(), "")?;
-        let mut states = Vec::with_capacity(if record { grid.n_steps() + 1 } else { 1 });
-        let mut x = x0;
-        for (t, h) in grid.steps() {
+        march(x0, grid, record, |x, t, h| {
             let eps = x.standard_normal_like(rng)?;
-            let next = self.step(sde, &x, t, h, &eps)?;
-            if record {
-                states.push(x);
-            }
-            x = next;
-        }
-        check_state(&x, grid.end(), " (is the step too large for the problem?)")?;
-        states.push(x);
-        Ok(Solution::new(grid, states, record))
+            self.step(sde, x, t, h, &eps)
+        })
     }
 }
