@@ -13,11 +13,16 @@ fn main() -> anyhow::Result<()> {
     config.train.epochs = epochs;
     config.train.validate_every = 1000;
     let t = std::time::Instant::now();
+    let mut last = std::time::Instant::now();
     let out = ode::run(&config, &data, &Device::Cpu, |e| {
         println!(
-            "epoch {} loss {:.4} val {:?}",
-            e.epoch, e.train_loss, e.validation
-        )
+            "epoch {} loss {:.4} val {:?} {:.1} ms/step",
+            e.epoch,
+            e.train_loss,
+            e.validation,
+            last.elapsed().as_secs_f64() * 1e3 / 8.0
+        );
+        last = std::time::Instant::now();
     })?;
     println!(
         "train {:.2}s ({:.1} ms/step), total {:.2}s; val RK2 {:?} RK4 {:?}",
