@@ -31,7 +31,8 @@
 //! the timing test in `tests/mlp.rs`), `forward_with_tangents` for one direction plus the
 //! backward pass of a loss containing it went from about 1,180 µs with the textbook candle
 //! graph to about 240 µs:
-//! - the hidden tanh is a custom op with a rational approximation in `f32`: libm's `tanhf`
+//! - the hidden tanh is a custom op with a fast approximation in `f32`
+//!   ([`fast_tanh`](crate::fused::fast_tanh), shared with the fused kernel): libm's `tanhf`
 //!   costs about 10 ns a value, 160 µs of every forward pass, against 12 µs;
 //! - biases are added as an outer product with a column of ones, and coordinate tangents
 //!   start as one-hot rows times `W₁ᵀ`, so that no trainable tensor is broadcast over the
@@ -704,9 +705,9 @@ fn host_tensor(
     })
 }
 
-/// `tanh(z)` for the hidden layers. On the CPU a custom op: `f32` through the odd 13/6
-/// rational minimax approximation used by Eigen, XLA and ONNX Runtime (MLAS), within 4 ulp of
-/// the exact value and about 14× faster than the C library's `tanhf`, which was the largest
+/// `tanh(z)` for the hidden layers. On the CPU a custom op: `f32` through
+/// [`fast_tanh`](crate::fused::fast_tanh), the same branch-free approximation the fused kernel
+/// uses (within 4 ulp of the exact value), about 10× faster than the C library's `tanhf`, which was the largest
 /// single cost of these small networks (160 µs per 2-64-64-1 forward pass at batch 125,
 /// against 12 µs); `f64` through `f64::tanh`. The backward pass is `(1 − tanh²) · grad`. Other devices
 /// use candle's `tanh`.
@@ -720,32 +721,6 @@ fn tanh(z: &Tensor) -> Result<Tensor> {
 
 struct Tanh;
 
-/// Eigen's `generic_fast_tanh_float`: `p(x)/q(x)` with `p` odd of degree 13 and `q` even of
-/// degree 6, clamped at ±7.905 where the quotient reaches 1 in `f32`; below |x| = 4e-4,
-/// `tanh x = x` to within `x²/3 < 2⁻²⁴` relative (XLA's guard: `p` would underflow for
-/// |x| < 1e-37). Plain multiply-adds: `mul_add` without a hardware FMA target feature is a
-/// slow library call.
-fn tanh_f32(x: f32) -> f32 {
-    const ALPHA: [f32; 7] = [
-        -2.760_768_5e-16,
-        2.000_188e-13,
-        -8.604_672e-11,
-        5.122_297e-8,
-        1.485_722_4e-5,
-        6.372_619_3e-4,
-        4.893_524_6e-3,
-    ];
-    const BETA: [f32; 4] = [1.198_258_4e-6, 1.185_347_1e-4, 2.268_434_6e-3, 4.893_525e-3];
-    if x.abs() < 4e-4 {
-        return x;
-    }
-    let x = x.clamp(-7.905_311, 7.905_311);
-    let x2 = x * x;
-    let p = ALPHA[1..].iter().fold(ALPHA[0], |p, &a| x2 * p + a) * x;
-    let q = BETA[1..].iter().fold(BETA[0], |q, &b| x2 * q + b);
-    p / q
-}
-
 impl CustomOp1 for Tanh {
     fn name(&self) -> &'static str {
         "tanh"
@@ -758,7 +733,7 @@ impl CustomOp1 for Tanh {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         use candle_core::cpu_backend::unary_map;
         let out = match storage {
-            CpuStorage::F32(vs) => CpuStorage::F32(unary_map(vs, layout, tanh_f32)),
+            CpuStorage::F32(vs) => CpuStorage::F32(unary_map(vs, layout, crate::fused::fast_tanh)),
             CpuStorage::F64(vs) => CpuStorage::F64(unary_map(vs, layout, f64::tanh)),
             other => {
                 return Err(candle_core::Error::UnsupportedDTypeForOp(
@@ -838,7 +813,8 @@ impl CustomOp1 for Softplus {
 
 #[cfg(test)]
 mod tests {
-    use super::{softplus_f32, tanh_f32};
+    use super::softplus_f32;
+    use crate::fused::fast_tanh as tanh_f32;
 
     #[test]
     fn fast_tanh_is_within_four_ulp_and_bounded() {

@@ -2,8 +2,11 @@
 //! candle path (`Mlp::forward_with_tangents`), its hand-written backward pass against candle's
 //! autograd through that path and against central finite differences, and the fast `tanh`.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
+use common::{rel_err, values};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sde_variational::fused::{
@@ -36,23 +39,6 @@ fn uniform(rows: usize, cols: usize, scale: f64, dtype: DType, rng: &mut StdRng)
         .map(|_| rng.random_range(-scale..scale))
         .collect();
     Ok(Tensor::from_vec(values, (rows, cols), &Device::Cpu)?.to_dtype(dtype)?)
-}
-
-fn values(t: &Tensor) -> Result<Vec<f64>> {
-    Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?)
-}
-
-/// `max |a − b| / max |b|`: relative error in the max norm (entry-wise relative errors blow up
-/// where a derivative crosses zero).
-fn rel_err(a: &Tensor, b: &Tensor) -> Result<f64> {
-    let (a, b) = (values(a)?, values(b)?);
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    let diff = a
-        .iter()
-        .zip(&b)
-        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
-    Ok(diff / scale)
 }
 
 /// The unfused reference `(v, ∂v/∂x)` for the state `xs` (column 0 is `x`).

@@ -2,8 +2,11 @@
 //! differences, back-propagation through tangents, divergences, seeded initialisation and
 //! input validation.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use common::{rel_err, values};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
@@ -28,23 +31,6 @@ fn normal(rows: usize, cols: usize, scale: f64, dtype: DType, rng: &mut StdRng) 
         .map(|_| scale * rng.sample::<f64, _>(StandardNormal))
         .collect();
     Ok(Tensor::from_vec(values, (rows, cols), &Device::Cpu)?.to_dtype(dtype)?)
-}
-
-fn values(t: &Tensor) -> Result<Vec<f64>> {
-    Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?)
-}
-
-/// `max |a − b| / max |b|`: the relative error in the max norm. Entry-wise relative errors
-/// would blow up where a derivative happens to cross zero.
-fn rel_err(a: &Tensor, b: &Tensor) -> Result<f64> {
-    let (a, b) = (values(a)?, values(b)?);
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    let diff = a
-        .iter()
-        .zip(&b)
-        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
-    Ok(diff / scale)
 }
 
 /// FD step and tolerance per dtype. Central differences err by `h² f'''/6` (truncation)
