@@ -157,6 +157,18 @@ pub struct Summary {
     pub peers: BTreeMap<String, f64>,
     /// Euler–Maruyama against the peers.
     pub em_vs_peers: Vec<PeerComparison>,
+    /// Milliseconds per optimiser step of the ODE experiment (batch 125, 99 RK2 steps),
+    /// where the `train_step_ode` benchmark ran. Reference PyTorch: 84 ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_step_ode_ms: Option<f64>,
+    /// Milliseconds per plain step of a 2-64-64-1 network (batch 125, one t per row, forward +
+    /// backward + Adam), where `train_step_mlp` ran. Reference PyTorch flow matching: 0.71 ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_step_mlp_ms: Option<f64>,
+    /// Milliseconds per step of the SDE shape (∂/∂t of two networks, ∂/∂x of a softplus one),
+    /// where `train_step_sde` ran. Reference PyTorch SDE: 3.9 ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_step_sde_ms: Option<f64>,
 }
 
 /// Runs the benchmarks (unless `--no-run`), writes the summary and prints it.
@@ -343,7 +355,16 @@ fn summarise(suite: &str, benchmarks: Vec<Measurement>) -> Summary {
                 .collect(),
         })
         .collect();
+    let step_ms = |group: &str| {
+        benchmarks
+            .iter()
+            .find(|m| m.group == group)
+            .map(|m| m.time_ns / 1e6)
+    };
     Summary {
+        train_step_ode_ms: step_ms("train_step_ode"),
+        train_step_mlp_ms: step_ms("train_step_mlp"),
+        train_step_sde_ms: step_ms("train_step_sde"),
         suite: suite.to_string(),
         generated_unix_s: SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -428,6 +449,33 @@ fn to_markdown(s: &Summary) -> String {
                 md.push_str(&format!(" ×{:.2} |", c.speedup[name]));
             }
             md.push('\n');
+        }
+    }
+    let steps = [
+        ("ODE experiment (99 RK2 steps)", s.train_step_ode_ms, 84.0),
+        (
+            "plain 2-64-64-1 step (flow-matching shape)",
+            s.train_step_mlp_ms,
+            0.71,
+        ),
+        (
+            "SDE shape (∂/∂t ×2, ∂/∂x of softplus σ)",
+            s.train_step_sde_ms,
+            3.9,
+        ),
+    ];
+    if steps.iter().any(|(_, ms, _)| ms.is_some()) {
+        md.push_str(
+            "\n## Training steps (batch 125, forward + backward + Adam)\n\n\
+             | step | ms | reference PyTorch ms | speed-up |\n|---|---:|---:|---:|\n",
+        );
+        for (name, ms, reference) in steps {
+            if let Some(ms) = ms {
+                md.push_str(&format!(
+                    "| {name} | {ms:.3} | {reference} | ×{:.1} |\n",
+                    reference / ms
+                ));
+            }
         }
     }
     md

@@ -72,12 +72,12 @@ pub fn run(args: Args) -> Result<()> {
 
     println!(
         "ODE (CNF, exact likelihood): {} epochs, {} RK2 steps, lr {}",
-        config.train.epochs, config.n_steps, config.train.lr
+        config.train.epochs, config.n_steps, config.train.adam.lr
     );
     let bar = progress(config.train.epochs as u64);
     let outcome = ode::run(&config, &data_run, &device, |e: &Evaluation| {
         bar.set_position(e.epoch as u64);
-        match e.validation {
+        match e.validation_value() {
             Some(v) => bar.set_message(format!("loss {:.4}  val {:.4}", e.train_loss, v)),
             None => bar.set_message(format!("loss {:.4}", e.train_loss)),
         }
@@ -178,7 +178,7 @@ pub fn run(args: Args) -> Result<()> {
                     .history
                     .curve
                     .iter()
-                    .filter_map(|e| e.validation.map(|v| (e.epoch as f64, v)))
+                    .filter_map(|e| e.validation_value().map(|v| (e.epoch as f64, v)))
                     .collect(),
                 (200, 40, 40),
             ),
@@ -205,7 +205,7 @@ pub fn run(args: Args) -> Result<()> {
                 "eval_method": "rk4",
                 "n_steps": config.n_steps,
                 "epochs": config.train.epochs,
-                "lr": config.train.lr,
+                "lr": config.train.adam.lr,
                 "batch_size": config.train.batch_size,
                 "train_seconds": train_seconds,
                 "validation_seconds": outcome.history.validation_seconds,

@@ -19,7 +19,7 @@ fn main() -> anyhow::Result<()> {
             "epoch {} loss {:.4} val {:?} {:.1} ms/step",
             e.epoch,
             e.train_loss,
-            e.validation,
+            e.validation_value(),
             last.elapsed().as_secs_f64() * 1e3 / 8.0
         );
         last = std::time::Instant::now();

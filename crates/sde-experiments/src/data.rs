@@ -159,7 +159,7 @@ impl Dataset {
         n_validation: usize,
         seed: u64,
     ) -> Self {
-        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+        let mut rng = <crate::train::TrainRng as rand::SeedableRng>::seed_from_u64(seed);
         let train = mixture.sample(&mut rng, n_train);
         let validation = mixture.sample(&mut rng, n_validation);
         Self { train, validation }

@@ -25,19 +25,24 @@ pub enum Error {
         /// What was expected.
         reason: &'static str,
     },
-    /// Training diverged.
-    #[error("training diverged: non-finite loss at epoch {epoch}")]
-    Diverged {
-        /// The epoch at which the loss became non-finite.
+    /// Training met a non-finite loss, metric or gradient and stopped; the last checkpoint is
+    /// left as it was.
+    #[error("training stopped: non-finite {what} at epoch {epoch}, batch {batch}")]
+    NonFinite {
+        /// The figure (and its value), e.g. `loss = NaN`.
+        what: String,
+        /// The epoch being trained (1-based).
         epoch: usize,
+        /// The batch within the epoch (0-based).
+        batch: usize,
     },
     /// Reading or writing a checkpoint failed.
-    #[error("checkpoint {path}: {source}")]
+    #[error("checkpoint {path}: {reason}")]
     Checkpoint {
         /// The checkpoint's path.
         path: String,
-        /// The underlying error.
-        source: candle_core::Error,
+        /// What went wrong.
+        reason: String,
     },
 }
 

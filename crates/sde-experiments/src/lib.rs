@@ -6,17 +6,24 @@
 //!
 //! - [`data`]: the Laplace mixture, its exact density and expected log-likelihood, seeded
 //!   training and validation sets.
-//! - [`train`](mod@train): a reusable training loop (Adam, shuffled batches, periodic validation,
-//!   progress callbacks, checkpoints).
+//! - [`train`](mod@train): a reusable training loop (the library's Adam, shuffled batches,
+//!   named metrics, periodic validation, progress callbacks, checkpoints that resume
+//!   bit-identically).
+//! - [`checkpoint`]: one-file atomic checkpoints with a configuration fingerprint.
 //! - [`ode`]: the ODE (continuous normalizing flow) experiment, REFERENCE.md §1.
 //!
 //! Library code prints nothing: progress reaches the caller through callbacks.
 
+pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod ode;
 pub mod train;
 
+pub use checkpoint::{config_hash, Checkpoint};
 pub use data::{Dataset, LaplaceMixture};
 pub use error::{Error, Result};
-pub use train::{train, Evaluation, Objective, TrainConfig, TrainHistory};
+pub use train::{
+    train, BatchLoss, Evaluation, Metric, Objective, TrainConfig, TrainHistory, TrainRng,
+    Validation,
+};

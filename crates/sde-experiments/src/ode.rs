@@ -1,16 +1,19 @@
 //! The paper's ODE experiment (REFERENCE.md §1, paper Figure 1 left): a continuous
 //! normalizing flow trained by maximising the exact log-likelihood through the augmented ODE.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
-use rand::rngs::StdRng;
 use rand::SeedableRng;
 use sde_solvers::OdeMethod;
+use sde_variational::optim::{sorted_vars, AdamConfig};
 use sde_variational::{Activation, Mlp, MlpConfig, NeuralOde};
 
 use crate::data::Dataset;
 use crate::error::Result;
-use crate::train::{column, train, Evaluation, Objective, TrainConfig, TrainHistory};
+use crate::train::{
+    column, train, BatchLoss, Evaluation, Metric, Objective, TrainConfig, TrainHistory, TrainRng,
+    Validation,
+};
 
 /// Settings of the ODE experiment. [`OdeConfig::reference`] is REFERENCE.md §1.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,7 +41,10 @@ impl OdeConfig {
         Self {
             train: TrainConfig {
                 epochs: 200,
-                lr: 1e-2,
+                adam: AdamConfig {
+                    lr: 1e-2,
+                    ..AdamConfig::default()
+                },
                 validate_every: 10,
                 ..TrainConfig::default()
             },
@@ -50,28 +56,60 @@ impl OdeConfig {
             dtype: DType::F32,
         }
     }
+
+    /// What shapes the computation besides the [`TrainConfig`]: the configuration fingerprint
+    /// of its checkpoints.
+    fn fingerprint(&self) -> impl serde::Serialize {
+        (
+            "ode",
+            self.widths.clone(),
+            self.n_steps,
+            format!("{:?}", self.train_method),
+            self.init_seed,
+            format!("{:?}", self.dtype),
+        )
+    }
 }
 
-/// The loss `−mean log p_1(y)` of a neural ODE, and its validation figure `mean log p_1(y)`.
-#[derive(Debug, Clone)]
+/// The loss `−mean log p_1(y)` of a neural ODE, and its validation figure `mean log p_1(y)`
+/// with its standard error over points.
+#[derive(Clone)]
 pub struct CnfObjective {
     /// The model.
     pub model: NeuralOde,
+    /// Its variables.
+    pub vars: VarMap,
     /// Solver of loss and validation.
     pub method: OdeMethod,
     /// Its number of steps.
     pub n_steps: usize,
 }
 
+impl std::fmt::Debug for CnfObjective {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CnfObjective")
+            .field("model", &self.model)
+            .field("method", &self.method)
+            .field("n_steps", &self.n_steps)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Objective for CnfObjective {
-    fn loss(&mut self, batch: &Tensor, _rng: &mut StdRng) -> Result<Tensor> {
+    fn parameters(&self) -> Vec<(String, Var)> {
+        sorted_vars(&self.vars)
+    }
+    fn loss(&mut self, batch: &Tensor, _rng: &mut TrainRng) -> Result<BatchLoss> {
         let ll = self
             .model
             .log_likelihood(batch, self.method, self.n_steps)?;
-        Ok(ll.mean_all()?.neg()?)
+        Ok(BatchLoss::new(ll.mean_all()?.neg()?))
     }
-    fn validate(&mut self, data: &Tensor, _rng: &mut StdRng) -> Result<f64> {
-        mean_log_likelihood(&self.model, data, self.method, self.n_steps).map(|(m, _)| m)
+    fn validate(&mut self, data: &Tensor, _rng: &mut TrainRng) -> Result<Validation> {
+        let (m, se) = mean_log_likelihood(&self.model, data, self.method, self.n_steps)?;
+        Ok(Validation {
+            metrics: vec![Metric::higher("log_likelihood", m, Some(se))],
+        })
     }
 }
 
@@ -132,7 +170,7 @@ impl std::fmt::Debug for OdeOutcome {
 /// Builds the drift network for `config` (seeded PyTorch-style initialisation).
 pub fn build_model(config: &OdeConfig, device: &Device) -> Result<(NeuralOde, VarMap)> {
     let vars = VarMap::new();
-    let mut rng = StdRng::seed_from_u64(config.init_seed);
+    let mut rng = TrainRng::seed_from_u64(config.init_seed);
     let mlp = Mlp::new(
         &MlpConfig::new(config.widths.clone(), Activation::Identity),
         &vars,
@@ -155,14 +193,15 @@ pub fn run(
     let (model, vars) = build_model(config, device)?;
     let mut objective = CnfObjective {
         model: model.clone(),
+        vars: vars.clone(),
         method: config.train_method,
         n_steps: config.n_steps,
     };
     let history = train(
         &mut objective,
-        &vars,
         data,
         &config.train,
+        &config.fingerprint(),
         config.dtype,
         device,
         on_epoch,

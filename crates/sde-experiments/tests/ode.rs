@@ -2,13 +2,17 @@
 
 use candle_core::{DType, Device};
 use sde_experiments::{ode, train::TrainConfig, Dataset, LaplaceMixture};
+use sde_variational::optim::{sorted_vars, AdamConfig};
 
 fn small_config() -> ode::OdeConfig {
     let mut c = ode::OdeConfig::reference();
     c.train = TrainConfig {
         epochs: 3,
         batch_size: 100,
-        lr: 1e-2,
+        adam: AdamConfig {
+            lr: 1e-2,
+            ..AdamConfig::default()
+        },
         validate_every: 3,
         ..TrainConfig::default()
     };
@@ -64,7 +68,7 @@ fn bad_input_is_an_error() {
         .to_string()
         .contains("batch_size: 401"));
     let mut c = small_config();
-    c.train.lr = 0.0;
+    c.train.adam.lr = 0.0;
     assert!(ode::run(&c, &data, &Device::Cpu, |_| {})
         .unwrap_err()
         .to_string()
@@ -81,7 +85,7 @@ fn bad_input_is_an_error() {
     assert!(ode::run(&c, &bad, &Device::Cpu, |_| {})
         .unwrap_err()
         .to_string()
-        .contains("train: NaN"));
+        .contains("train: NaN at index 3"));
     let empty = Dataset {
         train: vec![],
         validation: data.validation.clone(),
@@ -94,34 +98,148 @@ fn bad_input_is_an_error() {
         .contains("scale: -1"));
 }
 
-#[test]
-fn interrupted_training_resumes_from_its_checkpoint() {
-    let data = small_data();
-    let dir = std::env::temp_dir().join(format!("sde-ckpt-test-{}", std::process::id()));
+/// The flat parameters of an outcome, as bits.
+fn parameter_bits(outcome: &ode::OdeOutcome) -> Vec<u64> {
+    sorted_vars(&outcome.vars)
+        .iter()
+        .flat_map(|(_, v)| {
+            v.as_tensor()
+                .to_dtype(DType::F64)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f64>())
+                .unwrap()
+        })
+        .map(f64::to_bits)
+        .collect()
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sde-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn an_interrupted_run_resumed_ends_bit_identical() {
+    let data = small_data();
+    let dir = temp_dir("resume");
     let mut config = small_config();
-    config.train.epochs = 4;
+    config.train.epochs = 6;
     config.train.validate_every = 2;
     let full = ode::run(&config, &data, &Device::Cpu, |_| {}).unwrap();
 
-    // "Crash" after epoch 2: a run of 2 epochs that checkpoints, then resume to 4.
+    // The same run, interrupted during epoch 5 (after the checkpoint of epoch 4).
     config.train.checkpoint = Some(dir.join("ode.safetensors"));
-    config.train.epochs = 2;
-    let first = ode::run(&config, &data, &Device::Cpu, |_| {}).unwrap();
-    config.train.epochs = 4;
+    let crashed = std::panic::catch_unwind(|| {
+        ode::run(&config, &data, &Device::Cpu, |e| {
+            assert!(e.epoch < 5, "simulated crash");
+        })
+    });
+    assert!(crashed.is_err());
     config.train.resume = true;
     let mut seen = vec![];
     let resumed = ode::run(&config, &data, &Device::Cpu, |e| seen.push(e.epoch)).unwrap();
-    assert_eq!(seen, vec![3, 4], "only the missing epochs are trained");
-    assert_eq!(&resumed.history.curve[..2], &first.history.curve[..]);
-    assert_eq!(&full.history.curve[..2], &first.history.curve[..]);
+    assert_eq!(seen, vec![5, 6], "only the missing epochs are trained");
+    assert_eq!(resumed.history.resumed_from, 4);
+    // Every epoch of the curve (losses, metrics, gradient norms, validations) and the final
+    // parameters are bit-identical to the uninterrupted run's.
+    assert_eq!(resumed.history.curve, full.history.curve);
+    assert_eq!(parameter_bits(&resumed), parameter_bits(&full));
+    assert_eq!(resumed.val_ll_eval_method, full.val_ll_eval_method);
+
     // Resuming a finished run trains nothing and restores exactly the saved weights.
-    config.train.epochs = 4;
     let again = ode::run(&config, &data, &Device::Cpu, |_| {
         panic!("nothing left to train")
     })
     .unwrap();
-    assert_eq!(again.val_ll_eval_method, resumed.val_ll_eval_method);
-    assert!(resumed.val_ll_eval_method.0.is_finite());
+    assert_eq!(parameter_bits(&again), parameter_bits(&full));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_mismatched_or_corrupt_checkpoint_is_refused() {
+    let data = small_data();
+    let dir = temp_dir("refuse");
+    let path = dir.join("ode.safetensors");
+    let mut config = small_config();
+    config.train.epochs = 2;
+    config.train.validate_every = 1;
+    config.train.checkpoint = Some(path.clone());
+    ode::run(&config, &data, &Device::Cpu, |_| {}).unwrap();
+    config.train.resume = true;
+    config.train.epochs = 3;
+
+    // Another learning rate, another solver, other data: each refused, naming the cause.
+    let mut other = config.clone();
+    other.train.adam.lr = 2e-2;
+    let e = ode::run(&other, &data, &Device::Cpu, |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("configuration changed"), "{e}");
+    let mut other = config.clone();
+    other.n_steps += 1;
+    assert!(ode::run(&other, &data, &Device::Cpu, |_| {}).is_err());
+    let other_data = Dataset::draw(&LaplaceMixture::paper(), 400, 500, 2).unwrap();
+    assert!(ode::run(&config, &other_data, &Device::Cpu, |_| {}).is_err());
+
+    // One flipped byte in the middle of the file.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+    let e = ode::run(&config, &data, &Device::Cpu, |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("corrupt"), "{e}");
+    // Truncated.
+    std::fs::write(&path, &bytes[..mid]).unwrap();
+    assert!(ode::run(&config, &data, &Device::Cpu, |_| {}).is_err());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Set in the child processes of [`same_seed_same_bits_across_processes`]: where to write.
+const CHILD_ENV: &str = "SDE_DETERMINISM_CHILD_OUT";
+
+/// The bits of a short run: every curve value and every parameter, as hex.
+fn run_fingerprint() -> String {
+    let mut config = small_config();
+    config.train.epochs = 2;
+    config.train.validate_every = 1;
+    let out = ode::run(&config, &small_data(), &Device::Cpu, |_| {}).unwrap();
+    let mut words: Vec<u64> = parameter_bits(&out);
+    for e in &out.history.curve {
+        words.push(e.train_loss.to_bits());
+        words.push(e.grad_norm.to_bits());
+        words.extend(e.validation_value().map(f64::to_bits));
+    }
+    words.iter().map(|w| format!("{w:016x}")).collect()
+}
+
+#[test]
+fn same_seed_same_bits_across_processes() {
+    if let Some(out) = std::env::var_os(CHILD_ENV) {
+        std::fs::write(out, run_fingerprint()).unwrap();
+        return;
+    }
+    let dir = temp_dir("determinism");
+    let exe = std::env::current_exe().unwrap();
+    let mut prints = vec![];
+    for i in 0..2 {
+        let out = dir.join(format!("child{i}.txt"));
+        let status = std::process::Command::new(&exe)
+            .args([
+                "same_seed_same_bits_across_processes",
+                "--exact",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, &out)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        prints.push(std::fs::read_to_string(&out).unwrap());
+    }
+    assert!(!prints[0].is_empty());
+    assert_eq!(prints[0], prints[1], "two processes, same seed, same bits");
+    assert_eq!(prints[0], run_fingerprint(), "and the same as this process");
     std::fs::remove_dir_all(&dir).ok();
 }

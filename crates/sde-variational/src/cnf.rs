@@ -13,8 +13,8 @@ use rand::Rng;
 use sde_core::{DivergenceField, VectorField};
 use sde_solvers::{cnf, OdeMethod, TimeGrid};
 
+use crate::engine;
 use crate::error::{Error, Result};
-use crate::fused;
 use crate::mlp::{divergence_exact, with_time, Mlp, Time};
 
 const LN_2PI: f64 = 1.837_877_066_409_345_3;
@@ -121,12 +121,9 @@ impl NeuralOde {
         }
         let grid = TimeGrid::uniform(1.0, 0.0, n_steps)?;
         let zero = Tensor::zeros((batch, 1), ys.dtype(), ys.device())?;
-        if self.probe.is_none() && fused::supports_fused(&self.mlp) {
+        if self.probe.is_none() && d == 1 && engine::supports(&self.mlp) {
             // One fused op per field evaluation on the packed state [x, a] (d = 1).
-            let field = FusedAugmented {
-                mlp: &self.mlp,
-                params: fused::pack_params(&self.mlp)?,
-            };
+            let field = FusedAugmented { mlp: &self.mlp };
             let start = Tensor::cat(&[ys, &zero], 1)?;
             let end = method.solve(&field, start, &grid, false)?.into_last();
             let x0 = end.narrow(1, 0, 1)?;
@@ -165,15 +162,16 @@ impl NeuralOde {
 }
 
 /// The augmented CNF field on the packed state `[x, a]` `(batch, 2)` of a one-dimensional
-/// model: `d/dt [x, a] = [v, ∂v/∂x]`, one fused op per evaluation (see [`fused`]).
+/// model: `d/dt [x, a] = [v, ∂v/∂x]`, one fused op per evaluation (see [`engine`]): the
+/// engine's output row `[v, ∂v/∂x]` for the tangent in `x` is exactly this velocity, and it
+/// reads `x` from column 0 of the state, ignoring `a`.
 struct FusedAugmented<'a> {
     mlp: &'a Mlp,
-    params: Tensor,
 }
 
 impl VectorField<Tensor> for FusedAugmented<'_> {
     fn velocity(&self, xa: &Tensor, t: f64) -> sde_core::Result<Tensor> {
-        fused::value_and_dx(self.mlp, xa, &self.params, t).map_err(field_err)
+        engine::evaluate(self.mlp, xa, Time::Scalar(t), &[0]).map_err(field_err)
     }
 }
 

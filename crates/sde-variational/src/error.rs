@@ -14,6 +14,12 @@ pub enum Error {
     /// An error from candle's tensor operations.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// A NaN or infinity where finite numbers are required (a gradient, say).
+    #[error("non-finite {what}")]
+    NonFinite {
+        /// What was non-finite, e.g. `gradient of parameter drift.params`.
+        what: String,
+    },
     /// A parameter, configuration entry or input is outside its allowed range.
     #[error("invalid {name}: {value} ({reason})")]
     InvalidParameter {

@@ -13,8 +13,11 @@
 //! This crate so far:
 //! - [`cnf`]: [`NeuralOde`], the exact log-likelihood of a continuous normalizing flow
 //!   through the augmented ODE, and sampling.
-//! - [`fused`]: a fused CPU kernel (value and `∂v/∂x` of a 1-D field in one candle op, with a
-//!   hand-derived backward) that `NeuralOde` uses automatically where it applies.
+//! - [`engine`]: the fused CPU engine for the paper's small networks — value and any number
+//!   of forward-mode tangents (`∂/∂x`, `∂/∂t`) of a tanh MLP on rows `[x…, t]`, per-row or
+//!   scalar time, identity or softplus output, forward and backward in one candle op.
+//! - [`optim`]: [`Adam`], PyTorch's Adam/AdamW with host-side `f64` moments, global-norm
+//!   clipping in a fixed parameter order and a checkpointable [`AdamState`].
 //! - [`mlp`]: the tanh MLPs of the reference experiments ([`Mlp`], [`MlpConfig`]), seeded
 //!   PyTorch-style initialisation into a [`candle_nn::VarMap`], forward-mode tangents and
 //!   Jacobian–vector products, and exact and Hutchinson divergences of fields `v(x, t)`.
@@ -23,12 +26,15 @@
 //! This crate names neither `sde-experiments` nor `xtask`.
 
 pub mod cnf;
+pub mod engine;
 pub mod error;
-pub mod fused;
 pub mod mlp;
+pub mod optim;
+mod simd;
 
 pub use cnf::NeuralOde;
 pub use error::{Error, Result};
 pub use mlp::{
     divergence_exact, divergence_hutchinson, softplus, with_time, Activation, Mlp, MlpConfig, Time,
 };
+pub use optim::{Adam, AdamConfig, AdamState, WeightDecay};

@@ -32,7 +32,7 @@
 //! backward pass of a loss containing it went from about 1,180 µs with the textbook candle
 //! graph to about 240 µs:
 //! - the hidden tanh is a custom op with a fast approximation in `f32`
-//!   ([`fast_tanh`](crate::fused::fast_tanh), shared with the fused kernel): libm's `tanhf`
+//!   ([`fast_tanh`](crate::engine::fast_tanh), shared with the fused kernel): libm's `tanhf`
 //!   costs about 10 ns a value, 160 µs of every forward pass, against 12 µs;
 //! - biases are added as an outer product with a column of ones, and coordinate tangents
 //!   start as one-hot rows times `W₁ᵀ`, so that no trainable tensor is broadcast over the
@@ -54,6 +54,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, V
 use candle_nn::{VarBuilder, VarMap};
 use rand::Rng;
 
+use crate::engine::kernel::Real;
 use crate::error::{Error, Result};
 
 /// The activation applied to an MLP's output layer (hidden layers are always tanh).
@@ -202,6 +203,9 @@ enum Seed<'a> {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Mlp {
+    /// All weights and biases, flat: per layer the weight `(out, in)` row-major, then the bias.
+    params: Tensor,
+    /// Per-layer views into `params` (same storage).
     layers: Vec<Layer>,
     config: MlpConfig,
     dtype: DType,
@@ -214,30 +218,70 @@ impl Mlp {
     /// The copy shares storage with the variables, so it sees later optimiser updates only
     /// if the optimiser updates in place (candle's `Var::set` does).
     pub fn detached(&self) -> Result<Self> {
-        let layers = self
-            .layers
-            .iter()
-            .map(|l| Layer::new(l.weight.detach(), l.bias.detach()))
-            .collect::<Result<Vec<_>>>()?;
+        Self::from_flat(&self.config, self.params.detach())
+    }
+
+    /// The network whose parameters are the flat `(P,)` tensor `params` (layout as
+    /// [`params`](Self::params)); the layers are views into it, so gradients flow to it and
+    /// in-place updates of its storage show through.
+    ///
+    /// # Errors
+    /// Invalid widths, a dtype other than `f32`/`f64`, or `params` not `(P,)`.
+    pub fn from_flat(config: &MlpConfig, params: Tensor) -> Result<Self> {
+        config.validate()?;
+        check_dtype(params.dtype())?;
+        let n = Self::n_params_of(&config.widths);
+        if params.dims() != [n] {
+            return Err(Error::invalid(
+                "params",
+                format!("shape {:?} for widths {:?}", params.dims(), config.widths),
+                "must be the flat (P,) parameter vector",
+            ));
+        }
+        let mut layers = Vec::with_capacity(config.widths.len() - 1);
+        let mut off = 0;
+        for pair in config.widths.windows(2) {
+            let (fan_in, fan_out) = (pair[0], pair[1]);
+            let weight = params
+                .narrow(0, off, fan_out * fan_in)?
+                .reshape((fan_out, fan_in))?;
+            let bias = params.narrow(0, off + fan_out * fan_in, fan_out)?;
+            off += fan_out * (fan_in + 1);
+            layers.push(Layer::new(weight, bias)?);
+        }
         Ok(Self {
+            dtype: params.dtype(),
+            device: params.device().clone(),
+            params,
             layers,
-            config: self.config.clone(),
-            dtype: self.dtype,
-            device: self.device.clone(),
+            config: config.clone(),
         })
+    }
+
+    /// The number of parameters `Σ out·(in + 1)` of a network of `widths`.
+    pub fn n_params_of(widths: &[usize]) -> usize {
+        widths.windows(2).map(|w| w[1] * (w[0] + 1)).sum()
+    }
+
+    /// All weights and biases as one flat `(P,)` tensor: for each affine layer its weight
+    /// `(out, in)` row-major, then its bias. For a network made by [`Mlp::new`] this is the
+    /// variable registered in the `VarMap`; the fused engine ([`crate::engine`]) reads it as it
+    /// is, and its gradient is one `(P,)` tensor.
+    pub fn params(&self) -> &Tensor {
+        &self.params
     }
 
     /// Creates the parameters, initialised like PyTorch's `nn.Linear` default (weights and
     /// biases uniform in `±1/√fan_in`, drawn layer by layer, weight before bias, row-major)
-    /// from `rng` on the host, and registers them in `varmap` as
-    /// `{prefix}.linear{i}.weight` (shape `(out, in)`) and `{prefix}.linear{i}.bias`.
+    /// from `rng` on the host, and registers them in `varmap` as one flat variable
+    /// `{prefix}.params` of shape `(P,)` (layout as [`params`](Self::params)).
     ///
     /// The draws are made in `f64` and rounded to `dtype`, so an `f32` and an `f64` network
     /// built from the same seed agree up to rounding.
     ///
     /// # Errors
-    /// Invalid widths, a `dtype` other than `f32`/`f64`, or a `prefix` whose names are
-    /// already in `varmap` (nothing is inserted then).
+    /// Invalid widths, a `dtype` other than `f32`/`f64`, or a `prefix` whose name is already
+    /// in `varmap` (nothing is inserted then).
     pub fn new<R: Rng + ?Sized>(
         config: &MlpConfig,
         varmap: &VarMap,
@@ -249,52 +293,32 @@ impl Mlp {
         config.validate()?;
         check_dtype(dtype)?;
         let mut data = varmap.data().lock().unwrap_or_else(PoisonError::into_inner);
-        let mut names = Vec::with_capacity(2 * (config.widths.len() - 1));
-        for i in 0..config.widths.len() - 1 {
-            for what in ["weight", "bias"] {
-                let name = param_name(prefix, i, what);
-                if data.contains_key(&name) {
-                    return Err(Error::invalid(
-                        "prefix",
-                        format!("{prefix:?} ({name} exists)"),
-                        "its parameter names are already in the VarMap",
-                    ));
-                }
-                names.push(name);
-            }
+        let name = param_name(prefix);
+        if data.contains_key(&name) {
+            return Err(Error::invalid(
+                "prefix",
+                format!("{prefix:?} ({name} exists)"),
+                "its parameter name is already in the VarMap",
+            ));
         }
-        let mut names = names.into_iter();
-        let mut layers = Vec::with_capacity(config.widths.len() - 1);
+        let mut values = Vec::with_capacity(Self::n_params_of(&config.widths));
         for pair in config.widths.windows(2) {
             let (fan_in, fan_out) = (pair[0], pair[1]);
             let bound = 1.0 / (fan_in as f64).sqrt();
-            let mut draw = |n: usize| -> Vec<f64> {
-                (0..n).map(|_| rng.random_range(-bound..bound)).collect()
-            };
-            let weight = draw(fan_out * fan_in);
-            let bias = draw(fan_out);
-            let weight = Var::from_tensor(&host_tensor(weight, (fan_out, fan_in), dtype, device)?)?;
-            let bias = Var::from_tensor(&host_tensor(bias, fan_out, dtype, device)?)?;
-            let layer = Layer::new(weight.as_tensor().clone(), bias.as_tensor().clone())?;
-            // `names` holds exactly two names per layer, in this order.
-            if let (Some(w_name), Some(b_name)) = (names.next(), names.next()) {
-                data.insert(w_name, weight);
-                data.insert(b_name, bias);
+            for _ in 0..fan_out * (fan_in + 1) {
+                values.push(rng.random_range(-bound..bound));
             }
-            layers.push(layer);
         }
-        Ok(Self {
-            layers,
-            config: config.clone(),
-            dtype,
-            device: device.clone(),
-        })
+        let n = values.len();
+        let var = Var::from_tensor(&host_tensor(values, n, dtype, device)?)?;
+        let mlp = Self::from_flat(config, var.as_tensor().clone())?;
+        data.insert(name, var);
+        Ok(mlp)
     }
 
     /// Takes existing parameters from a [`VarBuilder`] — trained weights from safetensors, or
-    /// the [`VarMap`] of a network built with [`Mlp::new`] — under the names
-    /// `linear{i}.weight` and `linear{i}.bias` relative to `vb`'s prefix
-    /// (so `vb.pp(prefix)` for a network created with that prefix).
+    /// the [`VarMap`] of a network built with [`Mlp::new`] — under the name `params` relative
+    /// to `vb`'s prefix (so `vb.pp(prefix)` for a network created with that prefix).
     ///
     /// # Errors
     /// Invalid widths, a `vb` dtype other than `f32`/`f64`, a missing tensor, or a tensor of
@@ -302,39 +326,19 @@ impl Mlp {
     pub fn from_var_builder(config: &MlpConfig, vb: VarBuilder<'_>) -> Result<Self> {
         config.validate()?;
         check_dtype(vb.dtype())?;
-        let mut layers = Vec::with_capacity(config.widths.len() - 1);
-        for (i, pair) in config.widths.windows(2).enumerate() {
-            let (fan_in, fan_out) = (pair[0], pair[1]);
-            let vb = vb.pp(format!("linear{i}"));
-            for what in ["weight", "bias"] {
-                if !vb.contains_tensor(what) {
-                    return Err(Error::invalid(
-                        "var_builder",
-                        format!("linear{i}.{what}"),
-                        "tensor missing",
-                    ));
-                }
-            }
-            let weight = vb.get((fan_out, fan_in), "weight")?;
-            let bias = vb.get(fan_out, "bias")?;
-            for (what, t) in [("weight", &weight), ("bias", &bias)] {
-                // A VarMap hands back its variables as they are, whatever vb's dtype.
-                if t.dtype() != vb.dtype() || !t.device().same_device(vb.device()) {
-                    return Err(Error::invalid(
-                        "var_builder",
-                        format!("linear{i}.{what} in {:?} on {:?}", t.dtype(), t.device()),
-                        "tensor dtype or device differs from the VarBuilder's",
-                    ));
-                }
-            }
-            layers.push(Layer::new(weight, bias)?);
+        if !vb.contains_tensor("params") {
+            return Err(Error::invalid("var_builder", "params", "tensor missing"));
         }
-        Ok(Self {
-            layers,
-            config: config.clone(),
-            dtype: vb.dtype(),
-            device: vb.device().clone(),
-        })
+        let params = vb.get(Self::n_params_of(&config.widths), "params")?;
+        // A VarMap hands back its variables as they are, whatever vb's dtype.
+        if params.dtype() != vb.dtype() || !params.device().same_device(vb.device()) {
+            return Err(Error::invalid(
+                "var_builder",
+                format!("params in {:?} on {:?}", params.dtype(), params.device()),
+                "tensor dtype or device differs from the VarBuilder's",
+            ));
+        }
+        Self::from_flat(config, params)
     }
 
     /// The configuration the network was built with.
@@ -663,11 +667,11 @@ fn check_field(mlp: &Mlp, xs: &Tensor) -> Result<usize> {
     Ok(d)
 }
 
-fn param_name(prefix: &str, layer: usize, what: &str) -> String {
+fn param_name(prefix: &str) -> String {
     if prefix.is_empty() {
-        format!("linear{layer}.{what}")
+        "params".to_string()
     } else {
-        format!("{prefix}.linear{layer}.{what}")
+        format!("{prefix}.params")
     }
 }
 
@@ -706,7 +710,7 @@ fn host_tensor(
 }
 
 /// `tanh(z)` for the hidden layers. On the CPU a custom op: `f32` through
-/// [`fast_tanh`](crate::fused::fast_tanh), the same branch-free approximation the fused kernel
+/// [`fast_tanh`](crate::engine::fast_tanh), the same branch-free approximation the fused kernel
 /// uses (within 4 ulp of the exact value), about 10× faster than the C library's `tanhf`, which was the largest
 /// single cost of these small networks (160 µs per 2-64-64-1 forward pass at batch 125,
 /// against 12 µs); `f64` through `f64::tanh`. The backward pass is `(1 − tanh²) · grad`. Other devices
@@ -733,7 +737,7 @@ impl CustomOp1 for Tanh {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         use candle_core::cpu_backend::unary_map;
         let out = match storage {
-            CpuStorage::F32(vs) => CpuStorage::F32(unary_map(vs, layout, crate::fused::fast_tanh)),
+            CpuStorage::F32(vs) => CpuStorage::F32(unary_map(vs, layout, crate::engine::fast_tanh)),
             CpuStorage::F64(vs) => CpuStorage::F64(unary_map(vs, layout, f64::tanh)),
             other => {
                 return Err(candle_core::Error::UnsupportedDTypeForOp(
@@ -770,11 +774,11 @@ pub fn softplus(z: &Tensor) -> Result<Tensor> {
 struct Softplus;
 
 fn softplus_f64(z: f64) -> f64 {
-    z.max(0.0) + (-z.abs()).exp().ln_1p()
+    Real::softplus(z)
 }
 
 fn softplus_f32(z: f32) -> f32 {
-    z.max(0.0) + (-z.abs()).exp().ln_1p()
+    Real::softplus(z)
 }
 
 impl CustomOp1 for Softplus {
@@ -814,7 +818,7 @@ impl CustomOp1 for Softplus {
 #[cfg(test)]
 mod tests {
     use super::softplus_f32;
-    use crate::fused::fast_tanh as tanh_f32;
+    use crate::engine::fast_tanh as tanh_f32;
 
     #[test]
     fn fast_tanh_is_within_four_ulp_and_bounded() {

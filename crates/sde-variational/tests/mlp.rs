@@ -153,29 +153,27 @@ fn tangents_back_propagate_to_the_weights() -> Result<()> {
         };
         let grads = loss(&net)?.backward()?;
         let data = varmap.data().lock().expect("test holds the only lock");
+        let var = &data["net.params"];
+        // Flat layout of [2, 16, 16, 1]: W₀ 0..32, b₀ 32..48, W₁ 48..304, b₁ 304..320,
+        // W₂ 320..336, b₂ 336.
         for (name, index) in [
-            ("net.linear0.weight", 1),
-            ("net.linear0.bias", 3),
-            ("net.linear1.weight", 40),
-            ("net.linear1.bias", 0),
-            ("net.linear2.weight", 5),
+            ("W0", 1),
+            ("b0", 32 + 3),
+            ("W1", 48 + 40),
+            ("b1", 304),
+            ("W2", 320 + 5),
             // The last bias enters the tangent only through sigmoid(z) (softplus); for a
             // linear output its gradient must be exactly zero.
-            ("net.linear2.bias", 0),
+            ("b2", 336),
         ] {
-            let var = &data[name];
-            // A weight the loss does not depend on has no gradient at all.
-            let grad = match grads.get(var.as_tensor()) {
-                Some(g) => values(g)?[index],
-                None => 0.0,
-            };
+            let grad = values(grads.get(var.as_tensor()).expect("tracked"))?[index];
             nudge(var, index, h)?;
             let plus = loss(&net)?.to_scalar::<f64>()?;
             nudge(var, index, -2.0 * h)?;
             let minus = loss(&net)?.to_scalar::<f64>()?;
             nudge(var, index, h)?;
             let fd = (plus - minus) / (2.0 * h);
-            if name == "net.linear2.bias" && output == Activation::Identity {
+            if name == "b2" && output == Activation::Identity {
                 assert_eq!(grad, 0.0);
                 assert!(fd.abs() < 1e-8, "{fd}");
             } else {
@@ -311,22 +309,23 @@ fn initialisation_is_pytorch_uniform_and_seeded() -> Result<()> {
     let widths = [2, 64, 64, 1];
     let (net, varmap) = mlp(&widths, Activation::Identity, DType::F32, 70)?;
     let params = all_params(&varmap)?;
-    assert_eq!(params.len(), 6);
+    assert_eq!(params.len(), 1, "one flat variable per network");
+    assert_eq!(params[0].0, "net.params");
+    let flat = &params[0].1;
+    assert_eq!(flat.len(), Mlp::n_params_of(&widths));
+    let mut off = 0;
     for (i, pair) in widths.windows(2).enumerate() {
         let bound = 1.0 / (pair[0] as f64).sqrt();
-        for what in ["weight", "bias"] {
-            let (_, vals) = params
-                .iter()
-                .find(|(n, _)| *n == format!("net.linear{i}.{what}"))
-                .expect("parameter registered under its name");
-            assert_eq!(
-                vals.len(),
-                if what == "weight" {
-                    pair[0] * pair[1]
-                } else {
-                    pair[1]
-                }
-            );
+        for (what, len) in [("weight", pair[0] * pair[1]), ("bias", pair[1])] {
+            let vals = &flat[off..off + len];
+            off += len;
+            // The flat layout's views are the layers' weights and biases.
+            let view = if what == "weight" {
+                net.weight(i)
+            } else {
+                net.bias(i)
+            };
+            assert_eq!(values(view.expect("layer exists"))?, vals);
             // f32 rounding of a draw just below the bound can land on it: allow equality.
             assert!(vals.iter().all(|v| v.abs() <= bound), "layer {i} {what}");
             // Spread over the interval, not clustered: in vectors of 64 or more entries the
@@ -515,7 +514,7 @@ fn invalid_configurations_and_inputs_are_errors() -> Result<()> {
     assert_invalid(
         Mlp::from_var_builder(&config, vb.pp("missing")),
         "var_builder",
-        "linear0.weight",
+        "params",
     );
     let vb64 = VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu);
     assert_invalid(

@@ -1,0 +1,176 @@
+//! Where the time of a training step goes, for the step shapes of the paper's models
+//! (2-64-64-1 tanh networks, batch 125, f32, one time per row):
+//!
+//! - `plain`: one network, no tangent, a squared error (flow matching);
+//! - `sde`: `A(y, t)`, `B(y, t)` with `∂/∂t`, softplus `σ(x, t)` with `∂/∂x`, a drift `f(x, t)`,
+//!   and the drift-matching term built from them (the SDE experiment);
+//! - and the generic candle path of the plain step, for comparison.
+//!
+//! Each part is timed over many repetitions:
+//! `cargo run --release -p sde-variational --example engine_profile [reps]`.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sde_variational::engine::value_and_tangents;
+use sde_variational::optim::{sorted_vars, Adam, AdamConfig};
+use sde_variational::{with_time, Activation, Mlp, MlpConfig, Time};
+
+const BATCH: usize = 125;
+
+fn column(rng: &mut StdRng, lo: f64, hi: f64) -> candle_core::Result<Tensor> {
+    let v: Vec<f32> = (0..BATCH)
+        .map(|_| rng.random_range(lo..hi) as f32)
+        .collect();
+    Tensor::from_vec(v, (BATCH, 1), &Device::Cpu)
+}
+
+/// Seconds per run of `f`: the fastest of ten rounds of `reps / 10` runs each, after a
+/// warm-up round. The minimum is robust to the interference of a shared machine, which only
+/// ever adds time.
+fn time(reps: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    let per_round = (reps / 10).max(1);
+    for _ in 0..per_round {
+        f()?;
+    }
+    let mut best = f64::INFINITY;
+    for _ in 0..10 {
+        let t0 = Instant::now();
+        for _ in 0..per_round {
+            f()?;
+        }
+        best = best.min(t0.elapsed().as_secs_f64() / per_round as f64);
+    }
+    Ok(best)
+}
+
+fn us(s: f64) -> String {
+    format!("{:8.1} µs", 1e6 * s)
+}
+
+fn main() -> anyhow::Result<()> {
+    let reps: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(2000);
+    if std::env::args().nth(2).as_deref() == Some("serial") {
+        sde_variational::engine::set_parallel(false);
+        println!("(one thread)");
+    }
+    let mut rng = StdRng::seed_from_u64(0);
+    let dev = Device::Cpu;
+    let net = |vars: &VarMap, name: &str, out: Activation, rng: &mut StdRng| {
+        Mlp::new(
+            &MlpConfig::reference(out),
+            vars,
+            name,
+            DType::F32,
+            &dev,
+            rng,
+        )
+    };
+
+    // The plain step.
+    let vars = VarMap::new();
+    let v = net(&vars, "v", Activation::Identity, &mut rng)?;
+    let (x, t, u) = (
+        column(&mut rng, -3.0, 3.0)?,
+        column(&mut rng, 0.0, 1.0)?,
+        column(&mut rng, -3.0, 3.0)?,
+    );
+    let mut adam = Adam::new(sorted_vars(&vars), AdamConfig::default())?;
+    let forward = time(reps, || {
+        value_and_tangents(&v, &x, Time::PerSample(&t), &[])?;
+        Ok(())
+    })?;
+    let with_loss = time(reps, || {
+        let (value, _) = value_and_tangents(&v, &x, Time::PerSample(&t), &[])?;
+        (value - &u)?.sqr()?.mean_all()?;
+        Ok(())
+    })?;
+    let with_backward = time(reps, || {
+        let (value, _) = value_and_tangents(&v, &x, Time::PerSample(&t), &[])?;
+        (value - &u)?.sqr()?.mean_all()?.backward()?;
+        Ok(())
+    })?;
+    let whole = time(reps, || {
+        let (value, _) = value_and_tangents(&v, &x, Time::PerSample(&t), &[])?;
+        let grads = (value - &u)?.sqr()?.mean_all()?.backward()?;
+        adam.step(&grads)?;
+        Ok(())
+    })?;
+    let generic = time(reps, || {
+        let rows = with_time(&x, Time::PerSample(&t))?;
+        let value = v.forward(&rows)?;
+        let grads = (value - &u)?.sqr()?.mean_all()?.backward()?;
+        adam.step(&grads)?;
+        Ok(())
+    })?;
+    println!("plain 2-64-64-1 step, batch {BATCH} (reference PyTorch flow matching 710 µs):");
+    println!("  fused forward            {}", us(forward));
+    println!("  + loss (3 ops)           {}", us(with_loss - forward));
+    println!(
+        "  + backward               {}",
+        us(with_backward - with_loss)
+    );
+    println!("  + Adam                   {}", us(whole - with_backward));
+    println!("  whole step               {}", us(whole));
+    println!("  generic candle path step {}", us(generic));
+
+    // The SDE step.
+    let vars = VarMap::new();
+    let a = net(&vars, "alpha", Activation::Identity, &mut rng)?;
+    let b = net(&vars, "beta", Activation::Softplus, &mut rng)?;
+    let sigma = net(&vars, "sigma", Activation::Softplus, &mut rng)?;
+    let f = net(&vars, "drift", Activation::Identity, &mut rng)?;
+    let (y, eps) = (column(&mut rng, -8.0, 8.0)?, column(&mut rng, -2.0, 2.0)?);
+    let mut adam = Adam::new(sorted_vars(&vars), AdamConfig::default())?;
+    let beta1 = 0.1;
+    let nets_only = time(reps, || {
+        value_and_tangents(&a, &y, Time::PerSample(&t), &[1])?;
+        value_and_tangents(&b, &y, Time::PerSample(&t), &[1])?;
+        value_and_tangents(&sigma, &y, Time::PerSample(&t), &[0])?;
+        value_and_tangents(&f, &y, Time::PerSample(&t), &[])?;
+        Ok(())
+    })?;
+    let loss = || -> anyhow::Result<Tensor> {
+        let one_minus_t = t.affine(-1.0, 1.0)?;
+        let (av, ad) = value_and_tangents(&a, &y, Time::PerSample(&t), &[1])?;
+        let (bv, bd) = value_and_tangents(&b, &y, Time::PerSample(&t), &[1])?;
+        let alpha = ((&t * &y)? + (&one_minus_t * &av)?)?;
+        let beta = ((&t * beta1)? + (&one_minus_t * &bv)?)?;
+        let dalpha = ((&y - &av)? + (&one_minus_t * &ad[0])?)?;
+        let dbeta = (bv.affine(-1.0, beta1)? + (&one_minus_t * &bd[0])?)?;
+        let x = (&alpha + (&beta * &eps)?)?;
+        let (s, sd) = value_and_tangents(&sigma, &x, Time::PerSample(&t), &[0])?;
+        let (fv, _) = value_and_tangents(&f, &x, Time::PerSample(&t), &[])?;
+        let s2 = s.sqr()?;
+        let dev = (&x - &alpha)?;
+        let fq = ((&dalpha + (&dbeta * &eps)?)? + (&s * &sd[0])?)?
+            .sub(&((&s2 * &dev)? / (&beta.sqr()? * 2.0)?)?)?;
+        Ok(((fv - fq)?.sqr()? / (s2 * 2.0)?)?.mean_all()?)
+    };
+    let forward = time(reps, || {
+        loss()?;
+        Ok(())
+    })?;
+    let with_backward = time(reps, || {
+        loss()?.backward()?;
+        Ok(())
+    })?;
+    let whole = time(reps, || {
+        adam.step(&loss()?.backward()?)?;
+        Ok(())
+    })?;
+    println!("SDE-shaped step, 4 networks, batch {BATCH} (reference PyTorch SDE step 3,900 µs):");
+    println!("  4 fused forwards         {}", us(nets_only));
+    println!("  + ~25 loss ops           {}", us(forward - nets_only));
+    println!("  + backward               {}", us(with_backward - forward));
+    println!("  + Adam (4 networks)      {}", us(whole - with_backward));
+    println!("  whole step               {}", us(whole));
+    Ok(())
+}
