@@ -8,10 +8,10 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
-use rand::rngs::StdRng;
 use rand::SeedableRng;
-use sde_experiments::{ode, Dataset, Evaluation, LaplaceMixture};
+use sde_experiments::{evaluate, ode, sde, Dataset, Evaluation, LaplaceMixture, TrainRng};
 use sde_solvers::OdeMethod;
+use sde_variational::{GaussianProcess, Time};
 use serde_json::json;
 
 use crate::plot::{self, Curve, Figure};
@@ -32,6 +32,18 @@ pub struct Args {
     /// Continue an interrupted run from the checkpoints in the output folder.
     #[arg(long)]
     resume: bool,
+    /// Run only these models (comma-separated): ode, sde.
+    #[arg(long, value_delimiter = ',', default_value = "ode,sde")]
+    only: Vec<Model>,
+}
+
+/// The models `cargo xtask reproduce` can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Model {
+    /// The continuous normalizing flow (REFERENCE.md §1).
+    Ode,
+    /// The SDE with a Gaussian variational process (REFERENCE.md §2).
+    Sde,
 }
 
 /// Population expected log-likelihood of the paper's mixture (MATH.md §9).
@@ -51,16 +63,7 @@ pub fn run(args: Args) -> Result<()> {
         data.validation.len()
     );
 
-    let mut config = ode::OdeConfig::reference();
-    config.train.checkpoint = Some(args.out.join(if args.quick {
-        "ode-quick.safetensors"
-    } else {
-        "ode.safetensors"
-    }));
-    config.train.resume = args.resume;
     let data_run = if args.quick {
-        config.train.epochs = 20;
-        config.train.validate_every = 5;
         // A quarter of the validation set keeps the quick run's evaluations short.
         Dataset {
             train: data.train.clone(),
@@ -69,13 +72,73 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         data.clone()
     };
+    let mut models = serde_json::Map::new();
+    let t_all = Instant::now();
+    if args.only.contains(&Model::Ode) {
+        models.insert(
+            "ode".into(),
+            run_ode(&args, &mixture, &data, &data_run, &device)?,
+        );
+    }
+    if args.only.contains(&Model::Sde) {
+        models.insert(
+            "sde".into(),
+            run_sde(&args, &mixture, &data, &data_run, &device)?,
+        );
+    }
+    let report = json!({
+        "quick": args.quick,
+        "data": {
+            "seed": args.data_seed,
+            "n_train": data.train.len(),
+            "n_validation": data_run.validation.len(),
+            "population_log_likelihood": population,
+            "train_true_log_likelihood": train_true,
+            "val_true_log_likelihood": mixture.mean_log_likelihood(&data_run.validation),
+        },
+        "models": models,
+        "total_seconds": t_all.elapsed().as_secs_f64(),
+        "peak_memory_bytes": peak_memory_bytes(),
+    });
+    let report_path = args.out.join("report.json");
+    fs::write(&report_path, serde_json::to_string_pretty(&report)?)?;
+    println!(
+        "wrote {} and figures; total {:.1} s; peak memory {:.0} MiB",
+        report_path.display(),
+        t_all.elapsed().as_secs_f64(),
+        peak_memory_bytes().unwrap_or(0) as f64 / (1024.0 * 1024.0)
+    );
+    Ok(())
+}
+
+/// The ODE experiment (REFERENCE.md §1): trains, evaluates, draws its figures; returns its
+/// part of the report.
+fn run_ode(
+    args: &Args,
+    mixture: &LaplaceMixture,
+    data: &Dataset,
+    data_run: &Dataset,
+    device: &Device,
+) -> Result<serde_json::Value> {
+    let device = device.clone();
+    let mut config = ode::OdeConfig::reference();
+    config.train.checkpoint = Some(args.out.join(if args.quick {
+        "ode-quick.safetensors"
+    } else {
+        "ode.safetensors"
+    }));
+    config.train.resume = args.resume;
+    if args.quick {
+        config.train.epochs = 20;
+        config.train.validate_every = 5;
+    }
 
     println!(
         "ODE (CNF, exact likelihood): {} epochs, {} RK2 steps, lr {}",
         config.train.epochs, config.n_steps, config.train.adam.lr
     );
     let bar = progress(config.train.epochs as u64);
-    let outcome = ode::run(&config, &data_run, &device, |e: &Evaluation| {
+    let outcome = ode::run(&config, data_run, &device, |e: &Evaluation| {
         bar.set_position(e.epoch as u64);
         match e.validation_value() {
             Some(v) => bar.set_message(format!("loss {:.4}  val {:.4}", e.train_loss, v)),
@@ -124,7 +187,7 @@ pub fn run(args: Args) -> Result<()> {
             ),
         ],
     )?;
-    let mut rng = StdRng::seed_from_u64(7);
+    let mut rng = TrainRng::seed_from_u64(7);
     let paths = model.sample(100, OdeMethod::Rk4, config.n_steps, &mut rng, true)?;
     let times: Vec<f64> = (0..paths.len())
         .map(|k| k as f64 / config.n_steps as f64)
@@ -186,46 +249,247 @@ pub fn run(args: Args) -> Result<()> {
     )?;
     let figure_seconds = t0.elapsed().as_secs_f64();
 
-    let report = json!({
-        "quick": args.quick,
-        "data": {
-            "seed": args.data_seed,
-            "n_train": data.train.len(),
-            "n_validation": data_run.validation.len(),
-            "population_log_likelihood": population,
-            "train_true_log_likelihood": train_true,
-            "val_true_log_likelihood": mixture.mean_log_likelihood(&data_run.validation),
-        },
-        "models": {
-            "ode": {
-                "val_log_likelihood": ll_rk4,
-                "val_log_likelihood_se": se_rk4,
-                "val_log_likelihood_rk2": ll_rk2,
-                "val_log_likelihood_rk2_se": se_rk2,
-                "eval_method": "rk4",
-                "n_steps": config.n_steps,
-                "epochs": config.train.epochs,
-                "lr": config.train.adam.lr,
-                "batch_size": config.train.batch_size,
-                "train_seconds": train_seconds,
-                "validation_seconds": outcome.history.validation_seconds,
-                "curve": outcome.history.curve,
-                "figures": [file_name(&density_png), file_name(&paths_png), file_name(&curve_png)],
-                "reference": {"val_log_likelihood_rk2": -3.0249, "val_log_likelihood_rk4_correct_times": -3.0259, "train_seconds": 208.0, "peak_memory_gib": 16.1},
-            }
-        },
+    Ok(json!({
+        "val_log_likelihood": ll_rk4,
+        "val_log_likelihood_se": se_rk4,
+        "val_log_likelihood_rk2": ll_rk2,
+        "val_log_likelihood_rk2_se": se_rk2,
+        "eval_method": "rk4",
+        "n_steps": config.n_steps,
+        "epochs": config.train.epochs,
+        "lr": config.train.adam.lr,
+        "batch_size": config.train.batch_size,
+        "train_seconds": train_seconds,
+        "validation_seconds": outcome.history.validation_seconds,
         "figure_seconds": figure_seconds,
-        "peak_memory_bytes": peak_memory_bytes(),
-    });
-    let report_path = args.out.join("report.json");
-    fs::write(&report_path, serde_json::to_string_pretty(&report)?)?;
+        "curve": outcome.history.curve,
+        "figures": [file_name(&density_png), file_name(&paths_png), file_name(&curve_png)],
+        "reference": {"val_log_likelihood_rk2": -3.0249, "val_log_likelihood_rk4_correct_times": -3.0259, "train_seconds": 208.0, "peak_memory_gib": 16.1},
+    }))
+}
+
+/// Bandwidth of the kernel density estimates of generated samples: a quarter of the Laplace
+/// peaks' scale, wide enough for smooth curves from 8,000 samples.
+const KDE_BANDWIDTH: f64 = 0.25;
+
+/// Five data values whose variational processes the figures show.
+const SHOWN_Y: [f64; 5] = [-8.0, -4.0, 0.0, 4.0, 8.0];
+const Y_COLORS: [(u8, u8, u8); 5] = [
+    (200, 40, 40),
+    (220, 130, 20),
+    (40, 140, 60),
+    (30, 90, 180),
+    (130, 50, 160),
+];
+
+/// The SDE experiment (REFERENCE.md §2): trains, evaluates the validation ELBO with many
+/// draws, samples, draws its figures; returns its part of the report.
+fn run_sde(
+    args: &Args,
+    mixture: &LaplaceMixture,
+    data: &Dataset,
+    data_run: &Dataset,
+    device: &Device,
+) -> Result<serde_json::Value> {
+    let mut config = sde::SdeConfig::reference();
+    config.train.checkpoint = Some(args.out.join(if args.quick {
+        "sde-quick.safetensors"
+    } else {
+        "sde.safetensors"
+    }));
+    config.train.resume = args.resume;
+    if args.quick {
+        config.train.epochs = 100;
+        config.train.validate_every = 50;
+        config.eval_draws = 4;
+        config.n_samples = 2000;
+    }
     println!(
-        "wrote {} and figures ({:.1} s); peak memory {:.0} MiB",
-        report_path.display(),
-        figure_seconds,
-        peak_memory_bytes().unwrap_or(0) as f64 / (1024.0 * 1024.0)
+        "SDE (learned drift, diffusion and Gaussian variational process; SDE ELBO): {} epochs, lr {}, {:?}",
+        config.train.epochs, config.train.adam.lr, config.train.adam.weight_decay
     );
-    Ok(())
+    let bar = progress(config.train.epochs as u64);
+    let outcome = sde::run(&config, data_run, device, |e: &Evaluation| {
+        bar.set_position(e.epoch as u64);
+        match e.validation_value() {
+            Some(v) => bar.set_message(format!("ELBO {:.4}  val {:.4}", -e.train_loss, v)),
+            None => bar.set_message(format!("ELBO {:.4}", -e.train_loss)),
+        }
+    })?;
+    bar.finish();
+    let ev = outcome.eval;
+    let val_true = mixture.mean_log_likelihood(&data_run.validation);
+    println!(
+        "SDE: validation ELBO {:.4} ± {:.4} ({} draws per point; reconstruction {:.3}, KL {:.3}, diffusion {:.3}); sample's true log-likelihood {val_true:.4}; KS {:.4}; training {:.1} s ({:.1} s validating), evaluation and sampling {:.1} s",
+        ev.elbo, ev.se, ev.draws, ev.reconstruction, ev.prior_kl, ev.diffusion, outcome.ks,
+        outcome.history.seconds, outcome.history.validation_seconds, outcome.eval_seconds
+    );
+
+    let t0 = Instant::now();
+    let xs: Vec<f64> = (0..=560).map(|i| -14.0 + 28.0 * i as f64 / 560.0).collect();
+    let density_png = args.out.join("sde_density.png");
+    plot::density_figure(
+        &density_png,
+        &Figure::new("SDE: density of generated samples", "y", "density").with_x_range(-14.0, 14.0),
+        &data.train,
+        80,
+        &[
+            Curve::new(
+                "true density",
+                xs.iter().map(|&x| (x, mixture.density(x))).collect(),
+                (40, 40, 40),
+            ),
+            Curve::new(
+                format!(
+                    "{} SDE samples (KDE, h = {KDE_BANDWIDTH})",
+                    outcome.samples.len()
+                ),
+                xs.iter()
+                    .copied()
+                    .zip(evaluate::kde(&outcome.samples, &xs, KDE_BANDWIDTH))
+                    .collect(),
+                (200, 40, 40),
+            ),
+        ],
+    )?;
+    let mut rng = TrainRng::seed_from_u64(7);
+    let paths = sde::sample(&outcome.model.sde, 100, config.n_steps, &mut rng, true)?;
+    let columns: Vec<Vec<f64>> = paths
+        .iter()
+        .map(|p| -> Result<Vec<f64>> { Ok(p.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?) })
+        .collect::<Result<_>>()?;
+    let path_lines: Vec<Vec<(f64, f64)>> = (0..100)
+        .map(|i| {
+            columns
+                .iter()
+                .enumerate()
+                .map(|(k, c)| (k as f64 / config.n_steps as f64, c[i]))
+                .collect()
+        })
+        .collect();
+    let paths_png = args.out.join("sde_paths.png");
+    plot::paths_figure(
+        &paths_png,
+        &Figure::new(
+            "SDE: sample paths (Euler–Maruyama), prior to data",
+            "t",
+            "x",
+        )
+        .with_x_range(0.0, 1.0)
+        .with_y_range(-14.0, 14.0),
+        &path_lines,
+        (30, 90, 180),
+    )?;
+
+    // α(y, t), β(y, t) and σ(α(y, t), t) over t for a few y.
+    let model = &outcome.model;
+    let process = model.process.detached()?;
+    let sde_model = model.sde.detached()?;
+    let ys = Tensor::from_slice(&SHOWN_Y, (SHOWN_Y.len(), 1), device)?.to_dtype(config.dtype)?;
+    let ts: Vec<f64> = (0..=100).map(|i| i as f64 / 100.0).collect();
+    let mut alpha = vec![Vec::new(); SHOWN_Y.len()];
+    let mut beta = vec![Vec::new(); SHOWN_Y.len()];
+    let mut sigma = vec![Vec::new(); SHOWN_Y.len()];
+    for &t in &ts {
+        let q = process.marginal(&ys, Time::Scalar(t), false)?;
+        let (_, s, _) = sde_model.fields(&q.alpha, Time::Scalar(t))?;
+        let host = |v: &Tensor| -> Result<Vec<f64>> {
+            Ok(v.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?)
+        };
+        for (i, ((a, b), sg)) in host(&q.alpha)?
+            .into_iter()
+            .zip(host(&q.beta)?)
+            .zip(host(&s)?)
+            .enumerate()
+        {
+            alpha[i].push((t, a));
+            beta[i].push((t, b));
+            sigma[i].push((t, sg));
+        }
+    }
+    let mut figures = vec![file_name(&density_png), file_name(&paths_png)];
+    for (name, title, values) in [
+        ("sde_alpha.png", "SDE: variational mean α(y, t)", &alpha),
+        ("sde_beta.png", "SDE: variational std β(y, t)", &beta),
+        (
+            "sde_sigma.png",
+            "SDE: diffusion σ(α(y, t), t) along the mean",
+            &sigma,
+        ),
+    ] {
+        let curves: Vec<Curve> = values
+            .iter()
+            .zip(SHOWN_Y)
+            .zip(Y_COLORS)
+            .map(|((pts, y), c)| Curve::new(format!("y = {y}"), pts.clone(), c))
+            .collect();
+        let png = args.out.join(name);
+        plot::line_figure(
+            &png,
+            &Figure::new(title, "t", name[4..name.len() - 4].to_string()),
+            &curves,
+        )?;
+        figures.push(file_name(&png));
+    }
+    let curve_png = args.out.join("sde_training.png");
+    plot::line_figure(
+        &curve_png,
+        &Figure::new("SDE: training curve", "epoch", "ELBO"),
+        &[
+            Curve::new(
+                "train (one draw per point)",
+                outcome
+                    .history
+                    .curve
+                    .iter()
+                    .map(|e| (e.epoch as f64, -e.train_loss))
+                    .collect(),
+                (30, 90, 180),
+            ),
+            Curve::new(
+                format!("validation ({} draws per point)", config.train_val_draws),
+                outcome
+                    .history
+                    .curve
+                    .iter()
+                    .filter_map(|e| e.validation_value().map(|v| (e.epoch as f64, v)))
+                    .collect(),
+                (200, 40, 40),
+            ),
+        ],
+    )?;
+    figures.push(file_name(&curve_png));
+    let beta1 = process
+        .beta1()?
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?
+        .first()
+        .copied();
+    Ok(json!({
+        "val_elbo": ev.elbo,
+        "val_elbo_se": ev.se,
+        "eval_draws": ev.draws,
+        "terms": {
+            "reconstruction": ev.reconstruction,
+            "prior_kl": ev.prior_kl,
+            "diffusion": ev.diffusion,
+        },
+        "beta1": beta1,
+        "epochs": config.train.epochs,
+        "train_seconds": outcome.history.seconds,
+        "validation_seconds": outcome.history.validation_seconds,
+        "eval_seconds": outcome.eval_seconds,
+        "figure_seconds": t0.elapsed().as_secs_f64(),
+        "samples": {
+            "n": outcome.samples.len(),
+            "ks": outcome.ks,
+            "w1": evaluate::wasserstein1(&outcome.samples, &data_run.validation),
+        },
+        "curve": outcome.history.curve,
+        "figures": figures,
+        "reference": {"val_elbo_20_draws": -3.038, "val_elbo_20_draws_se": 0.008, "train_seconds": 63.0},
+    }))
 }
 
 fn file_name(p: &Path) -> String {

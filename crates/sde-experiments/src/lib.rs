@@ -10,14 +10,19 @@
 //!   named metrics, periodic validation, progress callbacks, checkpoints that resume
 //!   bit-identically).
 //! - [`checkpoint`]: one-file atomic checkpoints with a configuration fingerprint.
-//! - [`ode`]: the ODE (continuous normalizing flow) experiment, REFERENCE.md §1.
+//! - [`ode`]: the ODE (continuous normalizing flow) experiment, `REFERENCE.md` §1.
+//! - [`sde`]: the SDE experiment (learned drift, diffusion and Gaussian variational process,
+//!   SDE ELBO), `REFERENCE.md` §2.
+//! - [`evaluate`]: Kolmogorov–Smirnov and Wasserstein-1 distances, kernel density estimates.
 //!
 //! Library code prints nothing: progress reaches the caller through callbacks.
 
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod evaluate;
 pub mod ode;
+pub mod sde;
 pub mod train;
 
 pub use checkpoint::{config_hash, Checkpoint};

@@ -18,6 +18,12 @@
 //!   scalar time, identity or softplus output, forward and backward in one candle op.
 //! - [`optim`]: [`Adam`], PyTorch's Adam/AdamW with host-side `f64` moments, global-norm
 //!   clipping in a fixed parameter order and a checkpointable [`AdamState`].
+//! - [`process`]: Gaussian variational processes `q_t(x|y) = N(α, β²)` — the one place where
+//!   `f_q,ode`, the score and the forward and reverse-time drifts are written — and the SDE
+//!   experiment's network parameterisation [`NetworkGaussian`].
+//! - [`elbo`]: the SDE ELBO, term by term per data point, for any [`GenerativeSde`].
+//! - [`neural_sde`]: [`NeuralSde`], a drift and a softplus diffusion network, usable by the
+//!   losses, the solvers and the Fokker–Planck solver.
 //! - [`mlp`]: the tanh MLPs of the reference experiments ([`Mlp`], [`MlpConfig`]), seeded
 //!   PyTorch-style initialisation into a [`candle_nn::VarMap`], forward-mode tangents and
 //!   Jacobian–vector products, and exact and Hutchinson divergences of fields `v(x, t)`.
@@ -26,15 +32,21 @@
 //! This crate names neither `sde-experiments` nor `xtask`.
 
 pub mod cnf;
+pub mod elbo;
 pub mod engine;
 pub mod error;
 pub mod mlp;
+pub mod neural_sde;
 pub mod optim;
+pub mod process;
 mod simd;
 
 pub use cnf::NeuralOde;
+pub use elbo::{sde_elbo, ElboTerms, GenerativeSde};
 pub use error::{Error, Result};
 pub use mlp::{
     divergence_exact, divergence_hutchinson, softplus, with_time, Activation, Mlp, MlpConfig, Time,
 };
+pub use neural_sde::NeuralSde;
 pub use optim::{Adam, AdamConfig, AdamState, WeightDecay};
+pub use process::{DiffusionAt, GaussianMarginal, GaussianProcess, NetworkGaussian};

@@ -397,11 +397,13 @@ impl Adam {
             let theta = match var.dtype() {
                 DType::F32 => {
                     let mut out = vec![0.0f32; slot.theta.len()];
-                    wide(Update {
+                    // f32 parameters are updated in f32 arithmetic, as PyTorch does: eight
+                    // lanes and cheaper roots and divisions. Their moments are f32 values
+                    // held in the f64 state, so checkpoints still restore them exactly.
+                    wide(UpdateF32 {
                         slot,
                         k: &coefs,
                         out: &mut out,
-                        cast: |x| x as f32,
                     });
                     Tensor::from_vec(out, var.shape(), var.device())?
                 }
@@ -552,6 +554,55 @@ impl<T, C: Fn(f64) -> T> Kernel for Update<'_, T, C> {
     #[inline(always)]
     fn run(self) {
         update(self.slot, self.k, self.out, self.cast);
+    }
+}
+
+/// The Adam update of one `f32` parameter in `f32` arithmetic, as a [`Kernel`].
+struct UpdateF32<'a> {
+    slot: &'a mut Slot,
+    k: &'a Coefs,
+    out: &'a mut [f32],
+}
+
+impl Kernel for UpdateF32<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let Slot {
+            m,
+            v,
+            m_next,
+            v_next,
+            grad,
+            theta,
+            ..
+        } = self.slot;
+        let k = self.k;
+        let clip = k.clip.unwrap_or(1.0) as f32;
+        let (decay_coupled, decay_decoupled) = match k.weight_decay {
+            WeightDecay::None => (0.0f32, 1.0f32),
+            WeightDecay::Coupled(l) => (l as f32, 1.0),
+            WeightDecay::Decoupled(l) => (0.0, (1.0 - k.lr * l) as f32),
+        };
+        let (b1, b2, eps) = (k.beta1 as f32, k.beta2 as f32, k.eps as f32);
+        let (step_size, inv_bc2) = (k.step_size as f32, k.inv_bias_correction2_sqrt as f32);
+        let values = theta.iter().zip(grad.iter()).zip(m.iter().zip(v.iter()));
+        let outputs = self
+            .out
+            .iter_mut()
+            .zip(m_next.iter_mut().zip(v_next.iter_mut()));
+        for (((&p, &g), (&m, &v)), (out, (m_next, v_next))) in values.zip(outputs) {
+            let (p, g) = (p as f32, g as f32 * clip);
+            // Exactly one of the two decays is active (the other is the identity).
+            let g = g + decay_coupled * p;
+            let p = p * decay_decoupled;
+            let m = b1 * m as f32 + (1.0 - b1) * g;
+            let v = b2 * v as f32 + (1.0 - b2) * g * g;
+            let denom = v.sqrt() * inv_bc2 + eps;
+            *out = p - step_size * m / denom;
+            (*m_next, *v_next) = (f64::from(m), f64::from(v));
+        }
     }
 }
 

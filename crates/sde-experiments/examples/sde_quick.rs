@@ -1,0 +1,27 @@
+//! Times a few epochs of the SDE experiment:
+//! `cargo run --release -p sde-experiments --example sde_quick -- [epochs]`.
+use candle_core::Device;
+use sde_experiments::{sde, Dataset};
+
+fn main() -> anyhow::Result<()> {
+    let epochs: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(50);
+    let data = Dataset::paper(0);
+    let mut config = sde::SdeConfig::reference();
+    config.train.epochs = epochs;
+    config.train.validate_every = epochs;
+    let out = sde::run(&config, &data, &Device::Cpu, |_| {})?;
+    let h = &out.history;
+    println!(
+        "{epochs} epochs: train {:.2}s ({:.3} ms/step, {:.2}s validating); eval {:.2}s",
+        h.seconds,
+        1e3 * (h.seconds - h.validation_seconds) / (8 * epochs) as f64,
+        h.validation_seconds,
+        out.eval_seconds
+    );
+    println!("{:?}\nKS {:.4}", out.eval, out.ks);
+    Ok(())
+}

@@ -1,0 +1,396 @@
+//! The paper's SDE experiment (`REFERENCE.md` §2, paper Figure 2): a learned drift and
+//! diffusion, a Gaussian variational process from two networks and a learned likelihood width,
+//! trained by maximising the SDE ELBO simulation-free (one `t` and `ε` per data point).
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+use rand::{Rng, SeedableRng};
+use rand_distr::StandardNormal;
+use sde_solvers::{SdeMethod, TimeGrid};
+use sde_variational::elbo::{diffusion_term, sde_elbo};
+use sde_variational::optim::{sorted_vars, AdamConfig, WeightDecay};
+use sde_variational::{
+    Activation, GaussianProcess, Mlp, MlpConfig, NetworkGaussian, NeuralSde, Time,
+};
+
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::evaluate::ks_distance;
+use crate::train::{
+    column, train, BatchLoss, Evaluation, Metric, Objective, TrainConfig, TrainHistory, TrainRng,
+    Validation,
+};
+
+/// Settings of the SDE experiment. [`SdeConfig::reference`] is `REFERENCE.md` §2.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SdeConfig {
+    /// Optimiser and schedule.
+    pub train: TrainConfig,
+    /// Widths of all four networks (drift, diffusion, `A`, `B`), input `[·, t]`.
+    pub widths: Vec<usize>,
+    /// Initial likelihood width `β₁` (learned).
+    pub beta1_init: f64,
+    /// Draws of `(t, ε)` per validation point in the periodic validations.
+    pub train_val_draws: usize,
+    /// Draws of `(t, ε)` per validation point in the final evaluation (stratified in `t`).
+    pub eval_draws: usize,
+    /// Euler–Maruyama steps on [0, 1] for sampling.
+    pub n_steps: usize,
+    /// Number of generated samples for the sample-quality figures.
+    pub n_samples: usize,
+    /// Seed of the networks' initialisation.
+    pub init_seed: u64,
+    /// Floating-point type of the networks.
+    pub dtype: DType,
+}
+
+impl SdeConfig {
+    /// `REFERENCE.md` §2: four 2-64-64-1 tanh networks, `β₁` started at 0.1, Adam lr 1e-3
+    /// with PyTorch-style (coupled) weight decay 1e-6, 2,000 epochs of batch 125; validated
+    /// every 100 epochs with 4 draws per point, evaluated at the end with 20; sampled with 99
+    /// Euler–Maruyama steps.
+    pub fn reference() -> Self {
+        Self {
+            train: TrainConfig {
+                epochs: 2000,
+                adam: AdamConfig {
+                    lr: 1e-3,
+                    weight_decay: WeightDecay::Coupled(1e-6),
+                    ..AdamConfig::default()
+                },
+                validate_every: 100,
+                ..TrainConfig::default()
+            },
+            widths: vec![2, 64, 64, 1],
+            beta1_init: 0.1,
+            train_val_draws: 4,
+            eval_draws: 20,
+            n_steps: 99,
+            n_samples: 8000,
+            init_seed: 2,
+            dtype: DType::F32,
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.eval_draws == 0 || self.train_val_draws == 0 {
+            return Err(Error::invalid(
+                "eval_draws",
+                format!("{}/{}", self.train_val_draws, self.eval_draws),
+                "need at least one draw per point",
+            ));
+        }
+        if self.n_steps == 0 {
+            return Err(Error::invalid("n_steps", 0, "must be at least 1"));
+        }
+        if !(self.beta1_init.is_finite() && self.beta1_init > 0.0) {
+            return Err(Error::invalid(
+                "beta1_init",
+                self.beta1_init,
+                "must be finite and positive",
+            ));
+        }
+        Ok(())
+    }
+
+    fn fingerprint(&self) -> impl serde::Serialize {
+        (
+            "sde",
+            self.widths.clone(),
+            self.beta1_init.to_bits(),
+            self.init_seed,
+            format!("{:?}", self.dtype),
+        )
+    }
+}
+
+/// The SDE model: generative SDE, variational process, their variables.
+#[derive(Clone)]
+pub struct SdeModel {
+    /// The generative SDE (drift and diffusion networks).
+    pub sde: NeuralSde,
+    /// The variational process (networks `A`, `B` and `log β₁`).
+    pub process: NetworkGaussian,
+    /// All variables, `log β₁` included (as `q.log_beta1`).
+    pub vars: VarMap,
+}
+
+impl std::fmt::Debug for SdeModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SdeModel")
+            .field("sde", &self.sde)
+            .field("process", &self.process)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds the four networks and `log β₁` for `config` (seeded PyTorch-style initialisation).
+pub fn build_model(config: &SdeConfig, device: &Device) -> Result<SdeModel> {
+    config.check()?;
+    let vars = VarMap::new();
+    let mut rng = TrainRng::seed_from_u64(config.init_seed);
+    let mut net = |name: &str, output: Activation| {
+        Mlp::new(
+            &MlpConfig::new(config.widths.clone(), output),
+            &vars,
+            name,
+            config.dtype,
+            device,
+            &mut rng,
+        )
+    };
+    let drift = net("drift", Activation::Identity)?;
+    let sigma = net("sigma", Activation::Softplus)?;
+    let a = net("q.a", Activation::Identity)?;
+    let b = net("q.b", Activation::Softplus)?;
+    let log_beta1: Var = NetworkGaussian::log_beta1_var(config.beta1_init, config.dtype, device)?;
+    vars.data()
+        .lock()
+        .map_err(|_| Error::invalid("vars", "poisoned", "lock"))?
+        .insert("q.log_beta1".to_string(), log_beta1.clone());
+    Ok(SdeModel {
+        sde: NeuralSde::new(drift, sigma)?,
+        process: NetworkGaussian::new(a, b, log_beta1.as_tensor().clone())?,
+        vars,
+    })
+}
+
+/// `(t, ε)` for `n` rows: `t` uniform on [0, 1) (stratified into `strata` equal intervals
+/// when `stratum` is given: `t = (stratum + u) / strata`), `ε` standard normal, drawn on the host.
+fn draw_t_eps(
+    rng: &mut TrainRng,
+    n: usize,
+    stratum: Option<(usize, usize)>,
+    dtype: DType,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let t: Vec<f64> = (0..n)
+        .map(|_| {
+            let u: f64 = rng.random();
+            match stratum {
+                Some((k, m)) => (k as f64 + u) / m as f64,
+                None => u,
+            }
+        })
+        .collect();
+    let eps: Vec<f64> = (0..n).map(|_| rng.sample(StandardNormal)).collect();
+    Ok((column(&t, dtype, device)?, column(&eps, dtype, device)?))
+}
+
+/// The validation ELBO and its terms, averaged over points and `draws` stratified draws of
+/// `(t, ε)` per point.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct ElboEstimate {
+    /// Mean ELBO per point.
+    pub elbo: f64,
+    /// Its Monte-Carlo standard error (from the spread of the draws within points).
+    pub se: f64,
+    /// Mean reconstruction term (closed form).
+    pub reconstruction: f64,
+    /// Mean `KL(q_0 ‖ p_0)` (closed form).
+    pub prior_kl: f64,
+    /// Mean diffusion (drift-matching) term.
+    pub diffusion: f64,
+    /// Draws per point.
+    pub draws: usize,
+}
+
+impl ElboEstimate {
+    /// As validation figures: the ELBO first (the headline), then its terms.
+    pub fn to_validation(&self) -> Validation {
+        Validation {
+            metrics: vec![
+                Metric::higher("elbo", self.elbo, Some(self.se)),
+                Metric::higher("reconstruction", self.reconstruction, None),
+                Metric::lower("prior_kl", self.prior_kl, None),
+                Metric::lower("diffusion", self.diffusion, None),
+            ],
+        }
+    }
+}
+
+/// The SDE ELBO of `data` `(n, 1)` with `draws` draws of `(t, ε)` per point, stratified in `t`
+/// (draw `k` has `t ∈ [k/draws, (k+1)/draws)`), in chunks, without a gradient graph.
+pub fn evaluate_elbo(
+    model: &SdeModel,
+    data: &Tensor,
+    draws: usize,
+    rng: &mut TrainRng,
+) -> Result<ElboEstimate> {
+    let sde = model.sde.detached()?;
+    let process = model.process.detached()?;
+    let delta = process.beta1()?;
+    let (n, dtype, device) = (data.dim(0)?, data.dtype(), data.device().clone());
+    let host =
+        |t: &Tensor| -> Result<Vec<f64>> { Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?) };
+    let (mut recon, mut kl) = (0.0, 0.0);
+    let mut diff_sum = vec![0.0; n];
+    let mut diff_sq = vec![0.0; n];
+    let mut start = 0;
+    while start < n {
+        let len = 2000.min(n - start);
+        let y = data.narrow(0, start, len)?;
+        let q1 = process.marginal(&y, Time::Scalar(1.0), false)?;
+        let q0 = process.marginal(&y, Time::Scalar(0.0), false)?;
+        recon += host(&q1.expected_gaussian_log_likelihood(&y, &delta)?)?
+            .iter()
+            .sum::<f64>();
+        kl += host(&q0.kl_to_standard_normal()?)?.iter().sum::<f64>();
+        for k in 0..draws {
+            let (t, eps) = draw_t_eps(rng, len, Some((k, draws)), dtype, &device)?;
+            let d = host(&diffusion_term(&process, &sde, &y, &t, &eps)?)?;
+            for (i, v) in d.into_iter().enumerate() {
+                diff_sum[start + i] += v;
+                diff_sq[start + i] += v * v;
+            }
+        }
+        start += len;
+    }
+    let nf = n as f64;
+    let dk = draws as f64;
+    let diffusion = diff_sum.iter().sum::<f64>() / (nf * dk);
+    // MC variance of the mean: Σ_i Var_i / draws / n², Var_i the within-point sample variance.
+    let mc_var: f64 = if draws > 1 {
+        diff_sum
+            .iter()
+            .zip(&diff_sq)
+            .map(|(s, q)| (q - s * s / dk) / (dk - 1.0))
+            .sum::<f64>()
+            / dk
+            / (nf * nf)
+    } else {
+        f64::NAN
+    };
+    let (recon, kl) = (recon / nf, kl / nf);
+    Ok(ElboEstimate {
+        elbo: recon - kl - diffusion,
+        se: mc_var.max(0.0).sqrt(),
+        reconstruction: recon,
+        prior_kl: kl,
+        diffusion,
+        draws,
+    })
+}
+
+/// The loss `−mean ELBO_SDE` with one `(t, ε)` per data point, its terms as metrics, and the
+/// many-draw validation ELBO.
+pub struct SdeObjective {
+    /// The model.
+    pub model: SdeModel,
+    /// Draws per point in validation.
+    pub val_draws: usize,
+}
+
+impl Objective for SdeObjective {
+    fn parameters(&self) -> Vec<(String, Var)> {
+        sorted_vars(&self.model.vars)
+    }
+
+    fn loss(&mut self, batch: &Tensor, rng: &mut TrainRng) -> Result<BatchLoss> {
+        let (t, eps) = draw_t_eps(rng, batch.dim(0)?, None, batch.dtype(), batch.device())?;
+        let delta = self.model.process.beta1()?;
+        let terms = sde_elbo(
+            &self.model.process,
+            &self.model.sde,
+            batch,
+            &t,
+            &eps,
+            &delta,
+        )?;
+        let loss = terms.elbo()?.mean_all()?.neg()?;
+        Ok(BatchLoss {
+            loss,
+            metrics: vec![
+                ("reconstruction", terms.reconstruction.mean_all()?),
+                ("prior_kl", terms.prior_kl.mean_all()?),
+                ("diffusion", terms.diffusion.mean_all()?),
+            ],
+        })
+    }
+
+    fn validate(&mut self, data: &Tensor, rng: &mut TrainRng) -> Result<Validation> {
+        Ok(evaluate_elbo(&self.model, data, self.val_draws, rng)?.to_validation())
+    }
+}
+
+/// What the SDE experiment produced: the model, its curve, the final evaluation, samples.
+#[derive(Debug)]
+pub struct SdeOutcome {
+    /// The trained model.
+    pub model: SdeModel,
+    /// The training curve and timings.
+    pub history: TrainHistory,
+    /// The final validation ELBO with `eval_draws` draws per point.
+    pub eval: ElboEstimate,
+    /// Generated samples (Euler–Maruyama from `N(0, 1)`), `n_samples` of them.
+    pub samples: Vec<f64>,
+    /// Kolmogorov–Smirnov distance between the samples and the validation set.
+    pub ks: f64,
+    /// Seconds spent on the final evaluation and sampling.
+    pub eval_seconds: f64,
+}
+
+/// Samples of the generative SDE: `x_0 ~ N(0, 1)`, `n_steps` Euler–Maruyama steps to t = 1;
+/// with `record`, every grid state (paths).
+pub fn sample(
+    sde: &NeuralSde,
+    n: usize,
+    n_steps: usize,
+    rng: &mut TrainRng,
+    record: bool,
+) -> Result<Vec<Tensor>> {
+    let sde = sde.detached()?;
+    let net = sde.drift_net();
+    let x0 = sde_core::tensor_standard_normal(rng, &[n, 1], net.dtype(), net.device())?;
+    let grid = TimeGrid::uniform(0.0, 1.0, n_steps)?;
+    let sol = SdeMethod::EulerMaruyama.solve(&sde, x0, &grid, rng, record)?;
+    Ok(sol.states().to_vec())
+}
+
+/// Runs the SDE experiment on `data`: trains, evaluates the validation ELBO with
+/// `eval_draws` draws per point, and samples.
+pub fn run(
+    config: &SdeConfig,
+    data: &Dataset,
+    device: &Device,
+    on_epoch: impl FnMut(&Evaluation),
+) -> Result<SdeOutcome> {
+    let model = build_model(config, device)?;
+    let mut objective = SdeObjective {
+        model: model.clone(),
+        val_draws: config.train_val_draws,
+    };
+    let history = train(
+        &mut objective,
+        data,
+        &config.train,
+        &(config.fingerprint(), config.train_val_draws),
+        config.dtype,
+        device,
+        on_epoch,
+    )?;
+    let t0 = std::time::Instant::now();
+    let val = column(&data.validation, config.dtype, device)?;
+    let mut rng = TrainRng::seed_from_u64(config.train.seed ^ 0x5de_e7a1);
+    let eval = evaluate_elbo(&model, &val, config.eval_draws, &mut rng)?;
+    let last = sample(
+        &model.sde,
+        config.n_samples,
+        config.n_steps,
+        &mut rng,
+        false,
+    )?;
+    let samples: Vec<f64> = match last.last() {
+        Some(x) => x.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?,
+        None => Vec::new(),
+    };
+    let ks = ks_distance(&samples, &data.validation);
+    Ok(SdeOutcome {
+        model,
+        history,
+        eval,
+        samples,
+        ks,
+        eval_seconds: t0.elapsed().as_secs_f64(),
+    })
+}

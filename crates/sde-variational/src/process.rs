@@ -1,0 +1,286 @@
+//! Variational processes with Gaussian marginals `q_t(x | y) = N(α(y, t), β(y, t)²)`
+//! (`MATH.md` §5; paper §6, eq. 39–40 and 44), evaluated per row at per-row times.
+//!
+//! This module is the one place where the variational drifts are written. For a marginal with
+//! time derivatives `∂α/∂t`, `∂β/∂t` and a generative diffusion `σ²(x, t)` with `∂σ²/∂x`:
+//!
+//! ```text
+//! f_q,ode = ∂α/∂t + (∂β/∂t / β)(x − α)                 (ODE drift: the flow α + β ε)
+//! ∇ₓ log q_t = −(x − α) / β²                            (score)
+//! f_q     = f_q,ode + ½ ∂σ²/∂x + ½ σ² ∇ₓ log q_t        (forward SDE drift)
+//! f_q,bwd = f_q,ode − ½ ∂σ²/∂x − ½ σ² ∇ₓ log q_t        (reverse-time SDE drift)
+//! ```
+//!
+//! Every model of the paper is a parameterisation of `α` and `β` ([`GaussianProcess`]): the
+//! SDE experiment's networks ([`NetworkGaussian`]), and (in later modules) the VDM schedule and
+//! the flow-matching interpolant.
+
+use candle_core::{DType, Tensor, Var};
+
+use crate::engine::value_and_tangents;
+use crate::error::{Error, Result};
+use crate::mlp::{Mlp, Time};
+
+/// `ln(2π)`.
+pub(crate) const LN_2PI: f64 = 1.837_877_066_409_345_3;
+
+/// A generative diffusion at the rows `(x, t)` as the losses need it.
+#[derive(Debug, Clone)]
+pub struct DiffusionAt {
+    /// `σ²(x, t)`, `(B, 1)`.
+    pub sigma2: Tensor,
+    /// `∂σ²/∂x`, `(B, 1)`, or `None` where `σ` does not depend on `x`.
+    pub dsigma2_dx: Option<Tensor>,
+}
+
+/// `q_t(x | y) = N(α, β²)` at a batch of rows `(y, t)`, with the time derivatives where they
+/// were asked for. All tensors `(B, 1)`.
+#[derive(Debug, Clone)]
+pub struct GaussianMarginal {
+    /// The mean `α(y, t)`.
+    pub alpha: Tensor,
+    /// The standard deviation `β(y, t) > 0`.
+    pub beta: Tensor,
+    /// `∂α/∂t`, a forward-mode tangent (so a loss containing it back-propagates).
+    pub dalpha_dt: Option<Tensor>,
+    /// `∂β/∂t`.
+    pub dbeta_dt: Option<Tensor>,
+}
+
+impl GaussianMarginal {
+    /// `x = α + β ε`: the reparameterised sample for standard normals `eps` `(B, 1)`.
+    pub fn sample(&self, eps: &Tensor) -> Result<Tensor> {
+        Ok((&self.alpha + (&self.beta * eps)?)?)
+    }
+
+    /// The score `∇ₓ log q_t(x | y) = −(x − α)/β²`.
+    pub fn score(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(((x - &self.alpha)? / self.beta.sqr()?)?.neg()?)
+    }
+
+    fn derivatives(&self) -> Result<(&Tensor, &Tensor)> {
+        match (&self.dalpha_dt, &self.dbeta_dt) {
+            (Some(a), Some(b)) => Ok((a, b)),
+            _ => Err(Error::invalid(
+                "marginal",
+                "without time derivatives",
+                "the drifts need ∂α/∂t and ∂β/∂t: evaluate it with derivatives = true",
+            )),
+        }
+    }
+
+    /// The ODE drift (velocity) `∂α/∂t + (∂β/∂t / β)(x − α)` (eq. 40): the flow `α + β ε`.
+    pub fn ode_drift(&self, x: &Tensor) -> Result<Tensor> {
+        self.ode_drift_dev(&(x - &self.alpha)?)
+    }
+
+    /// The forward SDE drift `f_q = f_q,ode + ½ ∂σ²/∂x + ½ σ² ∇ₓ log q_t` for the diffusion
+    /// `d` at the same rows (eq. 44, `MATH.md` §5).
+    pub fn forward_drift(&self, x: &Tensor, d: &DiffusionAt) -> Result<Tensor> {
+        self.sde_drift_dev(&(x - &self.alpha)?, d, 1.0)
+    }
+
+    /// The reverse-time SDE drift `f_q,bwd = f_q,ode − ½ ∂σ²/∂x − ½ σ² ∇ₓ log q_t`.
+    pub fn reverse_drift(&self, x: &Tensor, d: &DiffusionAt) -> Result<Tensor> {
+        self.sde_drift_dev(&(x - &self.alpha)?, d, -1.0)
+    }
+
+    /// `f_q,ode` from the deviation `dev = x − α`.
+    pub(crate) fn ode_drift_dev(&self, dev: &Tensor) -> Result<Tensor> {
+        let (da, db) = self.derivatives()?;
+        Ok((da + ((db / &self.beta)? * dev)?)?)
+    }
+
+    /// `f_q,ode ± (½ ∂σ²/∂x + ½ σ² ∇ log q)` from `dev = x − α`; `sign` +1 forward, −1 reverse.
+    pub(crate) fn sde_drift_dev(&self, dev: &Tensor, d: &DiffusionAt, sign: f64) -> Result<Tensor> {
+        let ode = self.ode_drift_dev(dev)?;
+        // ½ σ² ∇ log q = −½ σ² (x − α)/β².
+        let mut corr = ((&d.sigma2 * dev)? / self.beta.sqr()?)?.affine(-0.5, 0.0)?;
+        if let Some(ds) = &d.dsigma2_dx {
+            corr = (corr + ds.affine(0.5, 0.0)?)?;
+        }
+        Ok((ode + corr.affine(sign, 0.0)?)?)
+    }
+
+    /// `KL(N(α, β²) ‖ N(0, 1)) = ½ (α² + β² − 1 − log β²)` per row (`MATH.md` §5).
+    pub fn kl_to_standard_normal(&self) -> Result<Tensor> {
+        let b2 = self.beta.sqr()?;
+        Ok(((self.alpha.sqr()? + &b2)? - b2.log()?)?.affine(0.5, -0.5)?)
+    }
+
+    /// `E_{x ~ N(α, β²)}[log N(y; x, δ²)] = −½ [((y − α)² + β²)/δ² + log(2π δ²)]` per row, for
+    /// `delta` `(B, 1)` or `(1, 1)` (broadcast).
+    pub fn expected_gaussian_log_likelihood(&self, y: &Tensor, delta: &Tensor) -> Result<Tensor> {
+        let d2 = delta.sqr()?;
+        let num = ((y - &self.alpha)?.sqr()? + self.beta.sqr()?)?;
+        let quad = num.broadcast_div(&d2)?;
+        let log_norm = d2.log()?.affine(1.0, LN_2PI)?;
+        Ok(quad.broadcast_add(&log_norm)?.affine(-0.5, 0.0)?)
+    }
+}
+
+/// A parameterisation of the Gaussian variational process: `α(y, t)`, `β(y, t)` and, on
+/// request, their time derivatives, per row.
+pub trait GaussianProcess {
+    /// The marginal at data `y` `(B, 1)` and times `t` (one per row, or one for all);
+    /// `derivatives` asks for `∂α/∂t` and `∂β/∂t`.
+    fn marginal(&self, y: &Tensor, t: Time<'_>, derivatives: bool) -> Result<GaussianMarginal>;
+}
+
+/// The SDE experiment's variational process (`REFERENCE.md` §2):
+///
+/// ```text
+/// α(y, t) = t y + (1 − t) A(y, t),      β(y, t) = t β₁ + (1 − t) softplus(B(y, t))
+/// ```
+///
+/// with `A`, `B` tanh MLPs on `[y, t]` (B with a softplus output) and `β₁ = exp(log β₁)` a
+/// learned scalar — the likelihood width too, so that `q_1(x | y) = N(y, β₁²)` matches the
+/// likelihood. The time derivatives come from the engine's `∂/∂t` tangents:
+/// `∂α/∂t = y − A + (1 − t) ∂A/∂t`, `∂β/∂t = β₁ − softplus(B) + (1 − t) ∂softplus(B)/∂t`.
+#[derive(Debug, Clone)]
+pub struct NetworkGaussian {
+    a: Mlp,
+    b: Mlp,
+    log_beta1: Tensor,
+}
+
+impl NetworkGaussian {
+    /// The process of networks `a` (identity output) and `b` (softplus output), both with
+    /// input `[y, t]` and one output, and the scalar `log_beta1` (a `(1, 1)` tensor, usually a
+    /// [`Var`]).
+    ///
+    /// # Errors
+    /// Networks of other shapes, or `log_beta1` not `(1, 1)` in the networks' dtype.
+    pub fn new(a: Mlp, b: Mlp, log_beta1: Tensor) -> Result<Self> {
+        for (name, net) in [("a", &a), ("b", &b)] {
+            if net.in_dim() != 2 || net.out_dim() != 1 {
+                return Err(Error::invalid(
+                    name,
+                    format!("widths {:?}", net.config().widths),
+                    "must map [y, t] to one output",
+                ));
+            }
+        }
+        if b.config().output != crate::mlp::Activation::Softplus {
+            return Err(Error::invalid(
+                "b",
+                format!("{:?} output", b.config().output),
+                "must have a softplus output (β > 0)",
+            ));
+        }
+        if b.dtype() != a.dtype() {
+            return Err(Error::invalid(
+                "b",
+                format!("{:?} for an {:?} network a", b.dtype(), a.dtype()),
+                "both networks must have one dtype",
+            ));
+        }
+        if log_beta1.dims() != [1, 1] || log_beta1.dtype() != a.dtype() {
+            return Err(Error::invalid(
+                "log_beta1",
+                format!("shape {:?} dtype {:?}", log_beta1.dims(), log_beta1.dtype()),
+                "must be (1, 1) in the networks' dtype",
+            ));
+        }
+        Ok(Self { a, b, log_beta1 })
+    }
+
+    /// A `(1, 1)` variable holding `ln beta1`.
+    ///
+    /// # Errors
+    /// `beta1` not finite and positive, or a dtype other than `f32`/`f64`.
+    pub fn log_beta1_var(beta1: f64, dtype: DType, device: &candle_core::Device) -> Result<Var> {
+        if !(beta1.is_finite() && beta1 > 0.0) {
+            return Err(Error::invalid(
+                "beta1",
+                beta1,
+                "must be finite and positive",
+            ));
+        }
+        Ok(Var::from_tensor(
+            &Tensor::full(beta1.ln(), (1, 1), device)?.to_dtype(dtype)?,
+        )?)
+    }
+
+    /// `β₁ = exp(log β₁)`, `(1, 1)`: the width of `q_1` and of the likelihood.
+    pub fn beta1(&self) -> Result<Tensor> {
+        Ok(self.log_beta1.exp()?)
+    }
+
+    /// The mean network `A`.
+    pub fn a(&self) -> &Mlp {
+        &self.a
+    }
+
+    /// The scale network `B`.
+    pub fn b(&self) -> &Mlp {
+        &self.b
+    }
+
+    /// A copy that builds no gradient graph (detached parameters), for evaluation.
+    pub fn detached(&self) -> Result<Self> {
+        Ok(Self {
+            a: self.a.detached()?,
+            b: self.b.detached()?,
+            log_beta1: self.log_beta1.detach(),
+        })
+    }
+}
+
+impl GaussianProcess for NetworkGaussian {
+    fn marginal(&self, y: &Tensor, t: Time<'_>, derivatives: bool) -> Result<GaussianMarginal> {
+        let batch = y.dim(0)?;
+        let beta1 = self.beta1()?;
+        if let Time::Scalar(tv) = t {
+            if tv == 1.0 {
+                // α(y, 1) = y, β(y, 1) = β₁ exactly: the networks are multiplied by 0.
+                if !derivatives {
+                    return Ok(GaussianMarginal {
+                        alpha: y.clone(),
+                        beta: beta1.broadcast_as((batch, 1))?.contiguous()?,
+                        dalpha_dt: None,
+                        dbeta_dt: None,
+                    });
+                }
+            }
+        }
+        let dirs: &[usize] = if derivatives { &[1] } else { &[] };
+        let (av, ad) = value_and_tangents(&self.a, y, t, dirs)?;
+        let (bv, bd) = value_and_tangents(&self.b, y, t, dirs)?;
+        // Multiplications by t and by 1 − t, for a scalar time or a (B, 1) column.
+        let omt = match t {
+            Time::PerSample(ts) => Some(ts.affine(-1.0, 1.0)?),
+            Time::Scalar(_) => None,
+        };
+        let times_t = |v: &Tensor| -> Result<Tensor> {
+            Ok(match t {
+                Time::Scalar(tv) => v.affine(tv, 0.0)?,
+                Time::PerSample(ts) => ts.broadcast_mul(v)?,
+            })
+        };
+        let times_omt = |v: &Tensor| -> Result<Tensor> {
+            Ok(match (t, &omt) {
+                (_, Some(omt)) => (omt * v)?,
+                (Time::Scalar(tv), None) => v.affine(1.0 - tv, 0.0)?,
+                (Time::PerSample(ts), None) => (ts.affine(-1.0, 1.0)? * v)?,
+            })
+        };
+        let beta1_col = beta1.broadcast_as((batch, 1))?;
+        let alpha = (times_t(y)? + times_omt(&av)?)?;
+        let beta = (times_t(&beta1_col)? + times_omt(&bv)?)?;
+        let (dalpha_dt, dbeta_dt) = if derivatives {
+            (
+                Some(((y - &av)? + times_omt(&ad[0])?)?),
+                Some(((&beta1_col - &bv)? + times_omt(&bd[0])?)?),
+            )
+        } else {
+            (None, None)
+        };
+        Ok(GaussianMarginal {
+            alpha,
+            beta,
+            dalpha_dt,
+            dbeta_dt,
+        })
+    }
+}
