@@ -9,6 +9,9 @@ fn main() -> anyhow::Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(50);
+    if std::env::args().nth(2).as_deref() == Some("serial") {
+        sde_variational::engine::set_parallel(false);
+    }
     let data = Dataset::paper(0);
     let mut config = sde::SdeConfig::reference();
     config.train.epochs = epochs;

@@ -49,4 +49,6 @@ pub use mlp::{
 };
 pub use neural_sde::NeuralSde;
 pub use optim::{Adam, AdamConfig, AdamState, WeightDecay};
-pub use process::{DiffusionAt, GaussianMarginal, GaussianProcess, NetworkGaussian};
+pub use process::{
+    DiffusionAt, GaussianMarginal, GaussianProcess, NetworkGaussian, VariationalField,
+};

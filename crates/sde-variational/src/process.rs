@@ -284,3 +284,93 @@ impl GaussianProcess for NetworkGaussian {
         })
     }
 }
+
+/// The variational process of fixed data `ys` `(B, 1)` as a field the solvers integrate with
+/// one time per step: its ODE drift `f_q,ode` ([`VectorField`](sde_core::VectorField)), or its
+/// reverse-time SDE (drift `f_q,bwd` ([`Drift`](sde_core::Drift)) with the generative
+/// diffusion ([`Diffusion`](sde_core::Diffusion))). Integrated from `x_1` at t = 1 down to
+/// t = 0 it *encodes* data into the prior's space: the ODE maps `α(y,1) + β(y,1) ε` to
+/// `α(y,0) + β(y,0) ε` (the flow of eq. 39–40), the SDE keeps the marginals `q_t(·|y)`.
+#[derive(Debug, Clone)]
+pub struct VariationalField<'a, P, G> {
+    process: &'a P,
+    model: &'a G,
+    ys: Tensor,
+}
+
+impl<'a, P: GaussianProcess, G: crate::elbo::GenerativeSde> VariationalField<'a, P, G> {
+    /// The field of `process` for data `ys` `(B, 1)`; `model` supplies the diffusion of the
+    /// SDE form (unused by the ODE form).
+    pub fn new(process: &'a P, model: &'a G, ys: Tensor) -> Self {
+        Self { process, model, ys }
+    }
+
+    fn at(&self, x: &Tensor, t: f64) -> Result<(GaussianMarginal, Tensor)> {
+        if x.dims() != self.ys.dims() {
+            return Err(Error::invalid(
+                "x",
+                format!(
+                    "shape {:?} for data of shape {:?}",
+                    x.dims(),
+                    self.ys.dims()
+                ),
+                "the state must have one row per data point",
+            ));
+        }
+        let q = self.process.marginal(&self.ys, Time::Scalar(t), true)?;
+        let dev = (x - &q.alpha)?;
+        Ok((q, dev))
+    }
+
+    fn t_column(&self, t: f64) -> Result<Tensor> {
+        Ok(Tensor::full(t, self.ys.dims(), self.ys.device())?.to_dtype(self.ys.dtype())?)
+    }
+}
+
+fn core_err(e: Error) -> sde_core::Error {
+    sde_core::Error::Field(Box::new(e))
+}
+
+impl<P: GaussianProcess, G: crate::elbo::GenerativeSde> sde_core::VectorField<Tensor>
+    for VariationalField<'_, P, G>
+{
+    fn velocity(&self, x: &Tensor, t: f64) -> sde_core::Result<Tensor> {
+        self.at(x, t)
+            .and_then(|(q, dev)| q.ode_drift_dev(&dev))
+            .map_err(core_err)
+    }
+}
+
+impl<P: GaussianProcess, G: crate::elbo::GenerativeSde> sde_core::Drift<Tensor>
+    for VariationalField<'_, P, G>
+{
+    /// The reverse-time drift `f_q,bwd` (for a decreasing time grid, `MATH.md` §1).
+    fn drift(&self, x: &Tensor, t: f64) -> sde_core::Result<Tensor> {
+        let run = || -> Result<Tensor> {
+            let (q, dev) = self.at(x, t)?;
+            let (_, d) = self.model.drift_and_diffusion(x, &self.t_column(t)?)?;
+            q.sde_drift_dev(&dev, &d, -1.0)
+        };
+        run().map_err(core_err)
+    }
+}
+
+impl<P: GaussianProcess, G: crate::elbo::GenerativeSde> sde_core::Diffusion<Tensor>
+    for VariationalField<'_, P, G>
+{
+    fn diffusion(&self, x: &Tensor, t: f64) -> sde_core::Result<sde_core::Noise<Tensor>> {
+        let run = || -> Result<Tensor> {
+            let (_, d) = self.model.drift_and_diffusion(x, &self.t_column(t)?)?;
+            Ok(d.sigma2.sqrt()?)
+        };
+        run().map(sde_core::Noise::Diagonal).map_err(core_err)
+    }
+
+    fn diffusion_divergence(&self, x: &Tensor, t: f64) -> sde_core::Result<Option<Tensor>> {
+        let run = || -> Result<Option<Tensor>> {
+            let (_, d) = self.model.drift_and_diffusion(x, &self.t_column(t)?)?;
+            Ok(d.dsigma2_dx)
+        };
+        run().map_err(core_err)
+    }
+}
