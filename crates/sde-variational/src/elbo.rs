@@ -52,11 +52,11 @@ pub fn diffusion_term<P: GaussianProcess, G: GenerativeSde>(
     eps: &Tensor,
 ) -> Result<Tensor> {
     let q = process.marginal(y, Time::PerSample(t), true)?;
-    let dev = (&q.beta * eps)?;
-    let x = (&q.alpha + &dev)?;
+    let x = q.sample(eps)?;
     let (f, d) = model.drift_and_diffusion(&x, t)?;
-    let fq = q.sde_drift_dev(&dev, &d, 1.0)?;
-    Ok(((f - fq)?.sqr()? / d.sigma2.affine(2.0, 0.0)?)?)
+    let fq = q.forward_drift_at_eps(eps, &d)?;
+    // (f − f_q)² / 2σ².
+    Ok(((f - fq)?.sqr()? / &d.sigma2)?.affine(0.5, 0.0)?)
 }
 
 /// The SDE ELBO's terms for data `y` `(B, 1)` with the diffusion term at the rows' `t`, `eps`

@@ -97,7 +97,7 @@ impl GenerativeSde for NeuralSde {
     fn drift_and_diffusion(&self, x: &Tensor, t: &Tensor) -> Result<(Tensor, DiffusionAt)> {
         let (f, s, ds) = self.fields(x, Time::PerSample(t))?;
         // ∂σ²/∂x = 2 σ ∂σ/∂x.
-        let dsigma2_dx = Some((&s * &ds)?.affine(2.0, 0.0)?);
+        let dsigma2_dx = Some(((&s * &ds)? * 2.0)?);
         Ok((
             f,
             DiffusionAt {
