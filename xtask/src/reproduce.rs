@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
-use sde_experiments::{evaluate, ode, sde, Dataset, Evaluation, LaplaceMixture, TrainRng};
+use sde_experiments::{evaluate, ode, sde, vdm, Dataset, Evaluation, LaplaceMixture, TrainRng};
 use sde_solvers::OdeMethod;
 use sde_variational::{GaussianProcess, Time};
 use serde_json::json;
@@ -32,8 +32,8 @@ pub struct Args {
     /// Continue an interrupted run from the checkpoints in the output folder.
     #[arg(long)]
     resume: bool,
-    /// Run only these models (comma-separated): ode, sde.
-    #[arg(long, value_delimiter = ',', default_value = "ode,sde")]
+    /// Run only these models (comma-separated): ode, sde, vdm.
+    #[arg(long, value_delimiter = ',', default_value = "ode,sde,vdm")]
     only: Vec<Model>,
 }
 
@@ -44,6 +44,8 @@ pub enum Model {
     Ode,
     /// The SDE with a Gaussian variational process (REFERENCE.md §2).
     Sde,
+    /// The variational diffusion model (REFERENCE.md §3).
+    Vdm,
 }
 
 /// Population expected log-likelihood of the paper's mixture (MATH.md §9).
@@ -84,6 +86,12 @@ pub fn run(args: Args) -> Result<()> {
         models.insert(
             "sde".into(),
             run_sde(&args, &mixture, &data, &data_run, &device)?,
+        );
+    }
+    if args.only.contains(&Model::Vdm) {
+        models.insert(
+            "vdm".into(),
+            run_vdm(&args, &mixture, &data, &data_run, &device)?,
         );
     }
     let report = json!({
@@ -489,6 +497,181 @@ fn run_sde(
         "curve": outcome.history.curve,
         "figures": figures,
         "reference": {"val_elbo_20_draws": -3.038, "val_elbo_20_draws_se": 0.008, "train_seconds": 63.0},
+    }))
+}
+
+/// The VDM experiment (REFERENCE.md §3): trains, evaluates the validation ELBO with many draws,
+/// samples, draws its figures; returns its part of the report.
+fn run_vdm(
+    args: &Args,
+    mixture: &LaplaceMixture,
+    data: &Dataset,
+    data_run: &Dataset,
+    device: &Device,
+) -> Result<serde_json::Value> {
+    let mut config = vdm::VdmConfig::reference();
+    config.train.checkpoint = Some(args.out.join(if args.quick {
+        "vdm-quick.safetensors"
+    } else {
+        "vdm.safetensors"
+    }));
+    config.train.resume = args.resume;
+    if args.quick {
+        config.train.epochs = 100;
+        config.train.validate_every = 50;
+        config.eval_draws = 4;
+        config.n_samples = 2000;
+    }
+    println!(
+        "VDM (learned log-SNR schedule, signal prediction ŷ = x + M(x, t)): {} epochs, lr {}, clipping {:?}",
+        config.train.epochs, config.train.adam.lr, config.train.adam.max_grad_norm
+    );
+    let bar = progress(config.train.epochs as u64);
+    let outcome = vdm::run(&config, data_run, device, |e: &Evaluation| {
+        bar.set_position(e.epoch as u64);
+        match e.validation_value() {
+            Some(v) => bar.set_message(format!("ELBO {:.4}  val {:.4}", -e.train_loss, v)),
+            None => bar.set_message(format!("ELBO {:.4}", -e.train_loss)),
+        }
+    })?;
+    bar.finish();
+    let ev = outcome.eval;
+    let (l0, l1) = outcome.model.endpoints()?;
+    println!(
+        "VDM: validation ELBO {:.4} ± {:.4} ({} draws per point; reconstruction {:.3}, KL {:.3}, diffusion {:.3}); schedule (λ0, λ1) = ({l0:.3}, {l1:.3}); KS {:.4}; training {:.1} s ({:.1} s validating)",
+        ev.elbo, ev.se, ev.draws, ev.reconstruction, ev.prior_kl, ev.diffusion, outcome.ks,
+        outcome.history.seconds, outcome.history.validation_seconds
+    );
+    let t0 = Instant::now();
+    let xs: Vec<f64> = (0..=560).map(|i| -14.0 + 28.0 * i as f64 / 560.0).collect();
+    let density_png = args.out.join("vdm_density.png");
+    plot::density_figure(
+        &density_png,
+        &Figure::new("VDM: density of generated samples", "y", "density").with_x_range(-14.0, 14.0),
+        &data.train,
+        80,
+        &[
+            Curve::new(
+                "true density",
+                xs.iter().map(|&x| (x, mixture.density(x))).collect(),
+                (40, 40, 40),
+            ),
+            Curve::new(
+                format!(
+                    "{} VDM samples (KDE, h = {KDE_BANDWIDTH})",
+                    outcome.samples.len()
+                ),
+                xs.iter()
+                    .copied()
+                    .zip(evaluate::kde(&outcome.samples, &xs, KDE_BANDWIDTH))
+                    .collect(),
+                (200, 40, 40),
+            ),
+        ],
+    )?;
+    let mut rng = TrainRng::seed_from_u64(7);
+    let paths = vdm::sample(&outcome.model.sde, 100, config.n_steps, &mut rng, true)?;
+    let columns: Vec<Vec<f64>> = paths
+        .iter()
+        .map(|p| -> Result<Vec<f64>> { Ok(p.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?) })
+        .collect::<Result<_>>()?;
+    let path_lines: Vec<Vec<(f64, f64)>> = (0..100)
+        .map(|i| {
+            columns
+                .iter()
+                .enumerate()
+                .map(|(k, c)| (k as f64 / config.n_steps as f64, c[i]))
+                .collect()
+        })
+        .collect();
+    let paths_png = args.out.join("vdm_paths.png");
+    plot::paths_figure(
+        &paths_png,
+        &Figure::new(
+            "VDM: sample paths (Euler–Maruyama), prior to data",
+            "t",
+            "x",
+        )
+        .with_x_range(0.0, 1.0)
+        .with_y_range(-14.0, 14.0),
+        &path_lines,
+        (30, 90, 180),
+    )?;
+    let schedule_png = args.out.join("vdm_schedule.png");
+    let line = |a: f64, b: f64| -> Vec<(f64, f64)> {
+        (0..=100)
+            .map(|i| {
+                let t = i as f64 / 100.0;
+                (t, (1.0 - t) * a + t * b)
+            })
+            .collect()
+    };
+    plot::line_figure(
+        &schedule_png,
+        &Figure::new("VDM: log-SNR schedule λ(t)", "t", "log SNR"),
+        &[
+            Curve::new(
+                format!("initial ({}, {})", config.lambda.0, config.lambda.1),
+                line(config.lambda.0, config.lambda.1),
+                (120, 120, 120),
+            ),
+            Curve::new(
+                format!("learned ({l0:.2}, {l1:.2})"),
+                line(l0, l1),
+                (200, 40, 40),
+            ),
+        ],
+    )?;
+    let curve_png = args.out.join("vdm_training.png");
+    plot::line_figure(
+        &curve_png,
+        &Figure::new("VDM: training curve", "epoch", "ELBO"),
+        &[
+            Curve::new(
+                "train (one draw per point)",
+                outcome
+                    .history
+                    .curve
+                    .iter()
+                    .map(|e| (e.epoch as f64, -e.train_loss))
+                    .collect(),
+                (30, 90, 180),
+            ),
+            Curve::new(
+                format!("validation ({} draws per point)", config.train_val_draws),
+                outcome
+                    .history
+                    .curve
+                    .iter()
+                    .filter_map(|e| e.validation_value().map(|v| (e.epoch as f64, v)))
+                    .collect(),
+                (200, 40, 40),
+            ),
+        ],
+    )?;
+    Ok(json!({
+        "val_elbo": ev.elbo,
+        "val_elbo_se": ev.se,
+        "eval_draws": ev.draws,
+        "terms": {
+            "reconstruction": ev.reconstruction,
+            "prior_kl": ev.prior_kl,
+            "diffusion": ev.diffusion,
+        },
+        "schedule": {"lambda_0": l0, "lambda_1": l1},
+        "epochs": config.train.epochs,
+        "train_seconds": outcome.history.seconds,
+        "validation_seconds": outcome.history.validation_seconds,
+        "eval_seconds": outcome.eval_seconds,
+        "figure_seconds": t0.elapsed().as_secs_f64(),
+        "samples": {
+            "n": outcome.samples.len(),
+            "ks": outcome.ks,
+            "w1": evaluate::wasserstein1(&outcome.samples, &data_run.validation),
+        },
+        "curve": outcome.history.curve,
+        "figures": [file_name(&density_png), file_name(&paths_png), file_name(&schedule_png), file_name(&curve_png)],
+        "reference": {"val_elbo_20_draws": -3.320, "val_elbo_20_draws_se": 0.015, "lambda": [-5.41, 4.35], "train_seconds": 55.0},
     }))
 }
 

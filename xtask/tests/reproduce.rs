@@ -45,6 +45,16 @@ fn quick_reproduce_writes_report_and_figures() {
     assert!((terms - elbo).abs() < 1e-9, "the terms add up to the ELBO");
     assert!(num("/models/sde/samples/ks") < 0.2);
     assert_eq!(num("/models/sde/epochs"), 100.0);
+    // The VDM after 100 quick epochs: a bound below the truth, terms that add up, a schedule
+    // that keeps λ₀ < λ₁.
+    let vdm = num("/models/vdm/val_elbo");
+    assert!(vdm < truth + 0.05 && vdm > truth - 1.5, "{vdm}");
+    let terms = num("/models/vdm/terms/reconstruction")
+        - num("/models/vdm/terms/prior_kl")
+        - num("/models/vdm/terms/diffusion");
+    assert!((terms - vdm).abs() < 1e-9);
+    assert!(num("/models/vdm/schedule/lambda_0") < num("/models/vdm/schedule/lambda_1"));
+    assert!(num("/models/vdm/samples/ks") < 0.3);
     assert!(num("/total_seconds") > 0.0);
     for png in [
         "ode_density.png",
@@ -56,6 +66,10 @@ fn quick_reproduce_writes_report_and_figures() {
         "sde_beta.png",
         "sde_sigma.png",
         "sde_training.png",
+        "vdm_density.png",
+        "vdm_paths.png",
+        "vdm_schedule.png",
+        "vdm_training.png",
     ] {
         let bytes = std::fs::read(out.join(png)).unwrap();
         assert!(

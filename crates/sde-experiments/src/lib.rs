@@ -13,6 +13,7 @@
 //! - [`ode`]: the ODE (continuous normalizing flow) experiment, `REFERENCE.md` §1.
 //! - [`sde`]: the SDE experiment (learned drift, diffusion and Gaussian variational process,
 //!   SDE ELBO), `REFERENCE.md` §2.
+//! - [`vdm`]: the VDM experiment (learned log-SNR schedule, signal prediction), `REFERENCE.md` §3.
 //! - [`evaluate`]: Kolmogorov–Smirnov and Wasserstein-1 distances, kernel density estimates.
 //!
 //! Library code prints nothing: progress reaches the caller through callbacks.
@@ -24,6 +25,7 @@ pub mod evaluate;
 pub mod ode;
 pub mod sde;
 pub mod train;
+pub mod vdm;
 
 pub use checkpoint::{config_hash, Checkpoint};
 pub use data::{Dataset, LaplaceMixture};

@@ -10,7 +10,7 @@ use sde_solvers::{SdeMethod, TimeGrid};
 use sde_variational::elbo::{diffusion_term, sde_elbo};
 use sde_variational::optim::{sorted_vars, AdamConfig, WeightDecay};
 use sde_variational::{
-    Activation, GaussianProcess, Mlp, MlpConfig, NetworkGaussian, NeuralSde, Time,
+    Activation, GaussianProcess, GenerativeSde, Mlp, MlpConfig, NetworkGaussian, NeuralSde, Time,
 };
 
 use crate::data::Dataset;
@@ -157,7 +157,7 @@ pub fn build_model(config: &SdeConfig, device: &Device) -> Result<SdeModel> {
 
 /// `(t, ε)` for `n` rows: `t` uniform on [0, 1) (stratified into `strata` equal intervals
 /// when `stratum` is given: `t = (stratum + u) / strata`), `ε` standard normal, drawn on the host.
-fn draw_t_eps(
+pub(crate) fn draw_t_eps(
     rng: &mut TrainRng,
     n: usize,
     stratum: Option<(usize, usize)>,
@@ -220,6 +220,20 @@ pub fn evaluate_elbo(
     let sde = model.sde.detached()?;
     let process = model.process.detached()?;
     let delta = process.beta1()?;
+    evaluate_gaussian_elbo(&process, &sde, &delta, data, draws, rng)
+}
+
+/// The SDE ELBO of `data` `(n, 1)` for any Gaussian variational `process`, generative `model`
+/// and Gaussian likelihood width `delta` (`(1, 1)`), with `draws` stratified draws of `(t, ε)`
+/// per point; pass detached models (no gradient graph is wanted).
+pub fn evaluate_gaussian_elbo<P: GaussianProcess, G: GenerativeSde>(
+    process: &P,
+    sde: &G,
+    delta: &Tensor,
+    data: &Tensor,
+    draws: usize,
+    rng: &mut TrainRng,
+) -> Result<ElboEstimate> {
     let (n, dtype, device) = (data.dim(0)?, data.dtype(), data.device().clone());
     let host =
         |t: &Tensor| -> Result<Vec<f64>> { Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?) };
@@ -232,13 +246,13 @@ pub fn evaluate_elbo(
         let y = data.narrow(0, start, len)?;
         let q1 = process.marginal(&y, Time::Scalar(1.0), false)?;
         let q0 = process.marginal(&y, Time::Scalar(0.0), false)?;
-        recon += host(&q1.expected_gaussian_log_likelihood(&y, &delta)?)?
+        recon += host(&q1.expected_gaussian_log_likelihood(&y, delta)?)?
             .iter()
             .sum::<f64>();
         kl += host(&q0.kl_to_standard_normal()?)?.iter().sum::<f64>();
         for k in 0..draws {
             let (t, eps) = draw_t_eps(rng, len, Some((k, draws)), dtype, &device)?;
-            let d = host(&diffusion_term(&process, &sde, &y, &t, &eps)?)?;
+            let d = host(&diffusion_term(process, sde, &y, &t, &eps)?)?;
             for (i, v) in d.into_iter().enumerate() {
                 diff_sum[start + i] += v;
                 diff_sq[start + i] += v * v;

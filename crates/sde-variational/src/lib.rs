@@ -24,6 +24,9 @@
 //! - [`elbo`]: the SDE ELBO, term by term per data point, for any [`GenerativeSde`].
 //! - [`neural_sde`]: [`NeuralSde`], a drift and a softplus diffusion network, usable by the
 //!   losses, the solvers and the Fokker–Planck solver.
+//! - [`vdm`]: the variational diffusion model as a parameterisation of the SDE ELBO — the
+//!   variance-preserving schedule [`vdm::VpSchedule`] and the signal-prediction SDE
+//!   [`vdm::VdmSde`].
 //! - [`mlp`]: the tanh MLPs of the reference experiments ([`Mlp`], [`MlpConfig`]), seeded
 //!   PyTorch-style initialisation into a [`candle_nn::VarMap`], forward-mode tangents and
 //!   Jacobian–vector products, and exact and Hutchinson divergences of fields `v(x, t)`.
@@ -40,6 +43,7 @@ pub mod neural_sde;
 pub mod optim;
 pub mod process;
 mod simd;
+pub mod vdm;
 
 pub use cnf::NeuralOde;
 pub use elbo::{sde_elbo, ElboTerms, GenerativeSde};
