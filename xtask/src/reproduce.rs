@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
-use sde_experiments::{evaluate, ode, sde, vdm, Dataset, Evaluation, LaplaceMixture, TrainRng};
+use sde_experiments::{evaluate, fm, ode, sde, vdm, Dataset, Evaluation, LaplaceMixture, TrainRng};
 use sde_solvers::OdeMethod;
 use sde_variational::{GaussianProcess, Time};
 use serde_json::json;
@@ -32,8 +32,8 @@ pub struct Args {
     /// Continue an interrupted run from the checkpoints in the output folder.
     #[arg(long)]
     resume: bool,
-    /// Run only these models (comma-separated): ode, sde, vdm.
-    #[arg(long, value_delimiter = ',', default_value = "ode,sde,vdm")]
+    /// Run only these models (comma-separated): ode, sde, vdm, fm.
+    #[arg(long, value_delimiter = ',', default_value = "ode,sde,vdm,fm")]
     only: Vec<Model>,
 }
 
@@ -46,6 +46,8 @@ pub enum Model {
     Sde,
     /// The variational diffusion model (REFERENCE.md §3).
     Vdm,
+    /// Flow matching, judged by its exact likelihood (REFERENCE.md §4).
+    Fm,
 }
 
 /// Population expected log-likelihood of the paper's mixture (MATH.md §9).
@@ -92,6 +94,12 @@ pub fn run(args: Args) -> Result<()> {
         models.insert(
             "vdm".into(),
             run_vdm(&args, &mixture, &data, &data_run, &device)?,
+        );
+    }
+    if args.only.contains(&Model::Fm) {
+        models.insert(
+            "fm".into(),
+            run_fm(&args, &mixture, &data, &data_run, &device)?,
         );
     }
     let report = json!({
@@ -672,6 +680,157 @@ fn run_vdm(
         "curve": outcome.history.curve,
         "figures": [file_name(&density_png), file_name(&paths_png), file_name(&schedule_png), file_name(&curve_png)],
         "reference": {"val_elbo_20_draws": -3.320, "val_elbo_20_draws_se": 0.015, "lambda": [-5.41, 4.35], "train_seconds": 55.0},
+    }))
+}
+
+/// The flow-matching experiment (REFERENCE.md §4): trains, evaluates the exact likelihood
+/// through the probability-flow ODE, samples, draws its figures; returns its part of the report.
+fn run_fm(
+    args: &Args,
+    mixture: &LaplaceMixture,
+    data: &Dataset,
+    data_run: &Dataset,
+    device: &Device,
+) -> Result<serde_json::Value> {
+    let mut config = fm::FmConfig::reference();
+    config.train.checkpoint = Some(args.out.join(if args.quick {
+        "fm-quick.safetensors"
+    } else {
+        "fm.safetensors"
+    }));
+    config.train.resume = args.resume;
+    if args.quick {
+        config.train.epochs = 300;
+        config.train.validate_every = 100;
+        config.n_samples = 2000;
+    }
+    println!(
+        "FM (flow matching, x_t = t y + (1 − t) ε): {} epochs, lr {}",
+        config.train.epochs, config.train.adam.lr
+    );
+    let bar = progress(config.train.epochs as u64);
+    let outcome = fm::run(&config, data_run, device, |e: &Evaluation| {
+        bar.set_position(e.epoch as u64);
+        match e.validation_value() {
+            Some(v) => bar.set_message(format!("loss {:.4}  val {:.4}", e.train_loss, v)),
+            None => bar.set_message(format!("loss {:.4}", e.train_loss)),
+        }
+    })?;
+    bar.finish();
+    let (ll, se) = outcome.val_log_likelihood;
+    println!(
+        "FM: exact validation log-likelihood (RK4) {ll:.4} ± {se:.4}; loss {:.4}; monitored ELBO (δ = {}) {:.3}; KS {:.4}; training {:.1} s ({:.1} s validating), evaluation and sampling {:.1} s",
+        outcome.val_loss.0, config.delta, outcome.val_elbo, outcome.ks,
+        outcome.history.seconds, outcome.history.validation_seconds, outcome.eval_seconds
+    );
+    let t0 = Instant::now();
+    let xs: Vec<f64> = (0..=560).map(|i| -14.0 + 28.0 * i as f64 / 560.0).collect();
+    let grid = Tensor::from_slice(&xs, (xs.len(), 1), device)?.to_dtype(config.dtype)?;
+    let flow = outcome.model.flow()?.detached()?;
+    let model_ll = flow
+        .log_likelihood(&grid, OdeMethod::Rk4, config.n_steps)?
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    let density_png = args.out.join("fm_density.png");
+    plot::density_figure(
+        &density_png,
+        &Figure::new(
+            "Flow matching: learned density (exact, RK4)",
+            "y",
+            "density",
+        )
+        .with_x_range(-14.0, 14.0),
+        &data.train,
+        80,
+        &[
+            Curve::new(
+                "true density",
+                xs.iter().map(|&x| (x, mixture.density(x))).collect(),
+                (40, 40, 40),
+            ),
+            Curve::new(
+                "flow matching (RK4)",
+                xs.iter()
+                    .zip(&model_ll)
+                    .map(|(&x, &l)| (x, l.exp()))
+                    .collect(),
+                (200, 40, 40),
+            ),
+        ],
+    )?;
+    let mut rng = TrainRng::seed_from_u64(7);
+    let paths = flow.sample(100, OdeMethod::Rk4, config.n_steps, &mut rng, true)?;
+    let columns: Vec<Vec<f64>> = paths
+        .iter()
+        .map(|p| -> Result<Vec<f64>> { Ok(p.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?) })
+        .collect::<Result<_>>()?;
+    let path_lines: Vec<Vec<(f64, f64)>> = (0..100)
+        .map(|i| {
+            columns
+                .iter()
+                .enumerate()
+                .map(|(k, c)| (k as f64 / config.n_steps as f64, c[i]))
+                .collect()
+        })
+        .collect();
+    let paths_png = args.out.join("fm_paths.png");
+    plot::paths_figure(
+        &paths_png,
+        &Figure::new("Flow matching: sample paths (RK4), prior to data", "t", "x")
+            .with_x_range(0.0, 1.0)
+            .with_y_range(-14.0, 14.0),
+        &path_lines,
+        (30, 90, 180),
+    )?;
+    let curve_png = args.out.join("fm_training.png");
+    plot::line_figure(
+        &curve_png,
+        &Figure::new("Flow matching: training curve", "epoch", "loss"),
+        &[
+            Curve::new(
+                "train",
+                outcome
+                    .history
+                    .curve
+                    .iter()
+                    .map(|e| (e.epoch as f64, e.train_loss))
+                    .collect(),
+                (30, 90, 180),
+            ),
+            Curve::new(
+                format!("validation ({} draws per point)", config.val_draws),
+                outcome
+                    .history
+                    .curve
+                    .iter()
+                    .filter_map(|e| e.validation_value().map(|v| (e.epoch as f64, v)))
+                    .collect(),
+                (200, 40, 40),
+            ),
+        ],
+    )?;
+    Ok(json!({
+        "val_log_likelihood": ll,
+        "val_log_likelihood_se": se,
+        "eval_method": "rk4",
+        "val_loss": outcome.val_loss.0,
+        "val_loss_se": outcome.val_loss.1,
+        "val_elbo": outcome.val_elbo,
+        "delta": config.delta,
+        "epochs": config.train.epochs,
+        "train_seconds": outcome.history.seconds,
+        "validation_seconds": outcome.history.validation_seconds,
+        "eval_seconds": outcome.eval_seconds,
+        "figure_seconds": t0.elapsed().as_secs_f64(),
+        "samples": {
+            "n": outcome.samples.len(),
+            "ks": outcome.ks,
+            "w1": evaluate::wasserstein1(&outcome.samples, &data_run.validation),
+        },
+        "curve": outcome.history.curve,
+        "figures": [file_name(&density_png), file_name(&paths_png), file_name(&curve_png)],
+        "reference": {"val_log_likelihood_rk4": -3.023, "val_log_likelihood_se": 0.007, "train_loss_end": 8.9, "elbo_delta_0.01": -14.1, "train_seconds": 57.0},
     }))
 }
 

@@ -14,6 +14,7 @@
 //! - [`sde`]: the SDE experiment (learned drift, diffusion and Gaussian variational process,
 //!   SDE ELBO), `REFERENCE.md` §2.
 //! - [`vdm`]: the VDM experiment (learned log-SNR schedule, signal prediction), `REFERENCE.md` §3.
+//! - [`fm`]: the flow-matching experiment with its exact likelihood, `REFERENCE.md` §4.
 //! - [`evaluate`]: Kolmogorov–Smirnov and Wasserstein-1 distances, kernel density estimates.
 //!
 //! Library code prints nothing: progress reaches the caller through callbacks.
@@ -22,6 +23,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod evaluate;
+pub mod fm;
 pub mod ode;
 pub mod sde;
 pub mod train;

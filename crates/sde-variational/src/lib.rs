@@ -27,6 +27,8 @@
 //! - [`vdm`]: the variational diffusion model as a parameterisation of the SDE ELBO — the
 //!   variance-preserving schedule [`vdm::VpSchedule`] and the signal-prediction SDE
 //!   [`vdm::VdmSde`].
+//! - [`flow_matching`]: the stochastic interpolant as a variational process, the
+//!   flow-matching loss and its ELBO terms.
 //! - [`mlp`]: the tanh MLPs of the reference experiments ([`Mlp`], [`MlpConfig`]), seeded
 //!   PyTorch-style initialisation into a [`candle_nn::VarMap`], forward-mode tangents and
 //!   Jacobian–vector products, and exact and Hutchinson divergences of fields `v(x, t)`.
@@ -38,6 +40,7 @@ pub mod cnf;
 pub mod elbo;
 pub mod engine;
 pub mod error;
+pub mod flow_matching;
 pub mod mlp;
 pub mod neural_sde;
 pub mod optim;

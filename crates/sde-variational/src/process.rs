@@ -102,6 +102,14 @@ impl GaussianMarginal {
         Ok((ode + corr.affine(sign, 0.0)?)?)
     }
 
+    /// The ODE drift at the reparameterised point `x = α + β ε`, written in `ε`:
+    /// `f_q,ode = ∂α/∂t + ∂β/∂t ε` (no division by `β`, so it holds where `β` reaches 0, as
+    /// at the data end of flow matching's interpolant). The conditional flow-matching target.
+    pub fn ode_drift_at_eps(&self, eps: &Tensor) -> Result<Tensor> {
+        let (da, db) = self.derivatives()?;
+        Ok((da + (db * eps)?)?)
+    }
+
     /// The forward SDE drift at the reparameterised point `x = α + β ε`, written in `ε`:
     /// `f_q = ∂α/∂t + ∂β/∂t ε + ½ ∂σ²/∂x − ½ σ² ε / β` — the same formula as
     /// [`forward_drift`](Self::forward_drift) with `x − α = β ε`, in fewer tensor ops (the
