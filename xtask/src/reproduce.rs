@@ -173,7 +173,7 @@ fn run_ode(
 
     // Figures.
     let t0 = Instant::now();
-    let xs: Vec<f64> = (0..=560).map(|i| -14.0 + 28.0 * i as f64 / 560.0).collect();
+    let xs = y_grid();
     let grid = Tensor::from_slice(&xs, (xs.len(), 1), &device)?.to_dtype(config.dtype)?;
     let model = outcome.model.detached()?;
     let model_ll = model
@@ -181,87 +181,34 @@ fn run_ode(
         .to_dtype(DType::F64)?
         .flatten_all()?
         .to_vec1::<f64>()?;
-    let density_png = args.out.join("ode_density.png");
-    plot::density_figure(
-        &density_png,
-        &Figure::new("ODE (CNF): learned density", "y", "density").with_x_range(-14.0, 14.0),
+    let density_png = density_png(
+        &args.out,
+        "ode_density.png",
+        "ODE (CNF): learned density",
+        mixture,
         &data.train,
-        80,
-        &[
-            Curve::new(
-                "true density",
-                xs.iter().map(|&x| (x, mixture.density(x))).collect(),
-                (40, 40, 40),
-            ),
-            Curve::new(
-                "CNF (RK4)",
-                xs.iter()
-                    .zip(&model_ll)
-                    .map(|(&x, &l)| (x, l.exp()))
-                    .collect(),
-                (200, 40, 40),
-            ),
-        ],
+        "CNF (RK4)".into(),
+        xs.iter()
+            .zip(&model_ll)
+            .map(|(&x, &l)| (x, l.exp()))
+            .collect(),
     )?;
     let mut rng = TrainRng::seed_from_u64(7);
     let paths = model.sample(100, OdeMethod::Rk4, config.n_steps, &mut rng, true)?;
-    let times: Vec<f64> = (0..paths.len())
-        .map(|k| k as f64 / config.n_steps as f64)
-        .collect();
-    let columns: Vec<Vec<f64>> = paths
-        .iter()
-        .map(|p| -> Result<Vec<f64>> {
-            Ok(p.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
-        })
-        .collect::<Result<_>>()?;
-    let path_lines: Vec<Vec<(f64, f64)>> = (0..100)
-        .map(|i| {
-            times
-                .iter()
-                .zip(&columns)
-                .map(|(&t, c)| (t, c[i]))
-                .collect()
-        })
-        .collect();
-    let paths_png = args.out.join("ode_paths.png");
-    plot::paths_figure(
-        &paths_png,
-        &Figure::new(
-            "ODE (CNF): sample paths, prior (t = 0) to data (t = 1)",
-            "t",
-            "x",
-        )
-        .with_x_range(0.0, 1.0)
-        .with_y_range(-14.0, 14.0),
-        &path_lines,
-        (30, 90, 180),
+    let paths_png = paths_png(
+        &args.out,
+        "ode_paths.png",
+        "ODE (CNF): sample paths, prior (t = 0) to data (t = 1)",
+        &paths,
     )?;
-    let curve_png = args.out.join("ode_training.png");
-    plot::line_figure(
-        &curve_png,
-        &Figure::new("ODE (CNF): training curve", "epoch", "log-likelihood"),
-        &[
-            Curve::new(
-                "train (minus loss)",
-                outcome
-                    .history
-                    .curve
-                    .iter()
-                    .map(|e| (e.epoch as f64, -e.train_loss))
-                    .collect(),
-                (30, 90, 180),
-            ),
-            Curve::new(
-                "validation (RK2)",
-                outcome
-                    .history
-                    .curve
-                    .iter()
-                    .filter_map(|e| e.validation_value().map(|v| (e.epoch as f64, v)))
-                    .collect(),
-                (200, 40, 40),
-            ),
-        ],
+    let curve_png = training_png(
+        &args.out,
+        "ode_training.png",
+        "ODE (CNF): training curve",
+        "log-likelihood",
+        &outcome.history.curve,
+        ("train (minus loss)", |e: &Evaluation| -e.train_loss),
+        "validation (RK2)".into(),
     )?;
     let figure_seconds = t0.elapsed().as_secs_f64();
 
@@ -342,59 +289,25 @@ fn run_sde(
     );
 
     let t0 = Instant::now();
-    let xs: Vec<f64> = (0..=560).map(|i| -14.0 + 28.0 * i as f64 / 560.0).collect();
-    let density_png = args.out.join("sde_density.png");
-    plot::density_figure(
-        &density_png,
-        &Figure::new("SDE: density of generated samples", "y", "density").with_x_range(-14.0, 14.0),
+    let density_png = density_png(
+        &args.out,
+        "sde_density.png",
+        "SDE: density of generated samples",
+        mixture,
         &data.train,
-        80,
-        &[
-            Curve::new(
-                "true density",
-                xs.iter().map(|&x| (x, mixture.density(x))).collect(),
-                (40, 40, 40),
-            ),
-            Curve::new(
-                format!(
-                    "{} SDE samples (KDE, h = {KDE_BANDWIDTH})",
-                    outcome.samples.len()
-                ),
-                xs.iter()
-                    .copied()
-                    .zip(evaluate::kde(&outcome.samples, &xs, KDE_BANDWIDTH))
-                    .collect(),
-                (200, 40, 40),
-            ),
-        ],
+        format!(
+            "{} SDE samples (KDE, h = {KDE_BANDWIDTH})",
+            outcome.samples.len()
+        ),
+        kde_curve(&outcome.samples),
     )?;
     let mut rng = TrainRng::seed_from_u64(7);
     let paths = sde::sample(&outcome.model.sde, 100, config.n_steps, &mut rng, true)?;
-    let columns: Vec<Vec<f64>> = paths
-        .iter()
-        .map(|p| -> Result<Vec<f64>> { Ok(p.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?) })
-        .collect::<Result<_>>()?;
-    let path_lines: Vec<Vec<(f64, f64)>> = (0..100)
-        .map(|i| {
-            columns
-                .iter()
-                .enumerate()
-                .map(|(k, c)| (k as f64 / config.n_steps as f64, c[i]))
-                .collect()
-        })
-        .collect();
-    let paths_png = args.out.join("sde_paths.png");
-    plot::paths_figure(
-        &paths_png,
-        &Figure::new(
-            "SDE: sample paths (Euler–Maruyama), prior to data",
-            "t",
-            "x",
-        )
-        .with_x_range(0.0, 1.0)
-        .with_y_range(-14.0, 14.0),
-        &path_lines,
-        (30, 90, 180),
+    let paths_png = paths_png(
+        &args.out,
+        "sde_paths.png",
+        "SDE: sample paths (Euler–Maruyama), prior to data",
+        &paths,
     )?;
 
     // α(y, t), β(y, t) and σ(α(y, t), t) over t for a few y.
@@ -447,32 +360,14 @@ fn run_sde(
         )?;
         figures.push(file_name(&png));
     }
-    let curve_png = args.out.join("sde_training.png");
-    plot::line_figure(
-        &curve_png,
-        &Figure::new("SDE: training curve", "epoch", "ELBO"),
-        &[
-            Curve::new(
-                "train (one draw per point)",
-                outcome
-                    .history
-                    .curve
-                    .iter()
-                    .map(|e| (e.epoch as f64, -e.train_loss))
-                    .collect(),
-                (30, 90, 180),
-            ),
-            Curve::new(
-                format!("validation ({} draws per point)", config.train_val_draws),
-                outcome
-                    .history
-                    .curve
-                    .iter()
-                    .filter_map(|e| e.validation_value().map(|v| (e.epoch as f64, v)))
-                    .collect(),
-                (200, 40, 40),
-            ),
-        ],
+    let curve_png = training_png(
+        &args.out,
+        "sde_training.png",
+        "SDE: training curve",
+        "ELBO",
+        &outcome.history.curve,
+        ("train (one draw per point)", |e: &Evaluation| -e.train_loss),
+        format!("validation ({} draws per point)", config.train_val_draws),
     )?;
     figures.push(file_name(&curve_png));
     let beta1 = process
@@ -525,8 +420,8 @@ fn run_vdm(
     }));
     config.train.resume = args.resume;
     if args.quick {
-        config.train.epochs = 100;
-        config.train.validate_every = 50;
+        config.train.epochs = 300;
+        config.train.validate_every = 100;
         config.eval_draws = 4;
         config.n_samples = 2000;
     }
@@ -551,59 +446,25 @@ fn run_vdm(
         outcome.history.seconds, outcome.history.validation_seconds
     );
     let t0 = Instant::now();
-    let xs: Vec<f64> = (0..=560).map(|i| -14.0 + 28.0 * i as f64 / 560.0).collect();
-    let density_png = args.out.join("vdm_density.png");
-    plot::density_figure(
-        &density_png,
-        &Figure::new("VDM: density of generated samples", "y", "density").with_x_range(-14.0, 14.0),
+    let density_png = density_png(
+        &args.out,
+        "vdm_density.png",
+        "VDM: density of generated samples",
+        mixture,
         &data.train,
-        80,
-        &[
-            Curve::new(
-                "true density",
-                xs.iter().map(|&x| (x, mixture.density(x))).collect(),
-                (40, 40, 40),
-            ),
-            Curve::new(
-                format!(
-                    "{} VDM samples (KDE, h = {KDE_BANDWIDTH})",
-                    outcome.samples.len()
-                ),
-                xs.iter()
-                    .copied()
-                    .zip(evaluate::kde(&outcome.samples, &xs, KDE_BANDWIDTH))
-                    .collect(),
-                (200, 40, 40),
-            ),
-        ],
+        format!(
+            "{} VDM samples (KDE, h = {KDE_BANDWIDTH})",
+            outcome.samples.len()
+        ),
+        kde_curve(&outcome.samples),
     )?;
     let mut rng = TrainRng::seed_from_u64(7);
     let paths = vdm::sample(&outcome.model.sde, 100, config.n_steps, &mut rng, true)?;
-    let columns: Vec<Vec<f64>> = paths
-        .iter()
-        .map(|p| -> Result<Vec<f64>> { Ok(p.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?) })
-        .collect::<Result<_>>()?;
-    let path_lines: Vec<Vec<(f64, f64)>> = (0..100)
-        .map(|i| {
-            columns
-                .iter()
-                .enumerate()
-                .map(|(k, c)| (k as f64 / config.n_steps as f64, c[i]))
-                .collect()
-        })
-        .collect();
-    let paths_png = args.out.join("vdm_paths.png");
-    plot::paths_figure(
-        &paths_png,
-        &Figure::new(
-            "VDM: sample paths (Euler–Maruyama), prior to data",
-            "t",
-            "x",
-        )
-        .with_x_range(0.0, 1.0)
-        .with_y_range(-14.0, 14.0),
-        &path_lines,
-        (30, 90, 180),
+    let paths_png = paths_png(
+        &args.out,
+        "vdm_paths.png",
+        "VDM: sample paths (Euler–Maruyama), prior to data",
+        &paths,
     )?;
     let schedule_png = args.out.join("vdm_schedule.png");
     let line = |a: f64, b: f64| -> Vec<(f64, f64)> {
@@ -630,32 +491,14 @@ fn run_vdm(
             ),
         ],
     )?;
-    let curve_png = args.out.join("vdm_training.png");
-    plot::line_figure(
-        &curve_png,
-        &Figure::new("VDM: training curve", "epoch", "ELBO"),
-        &[
-            Curve::new(
-                "train (one draw per point)",
-                outcome
-                    .history
-                    .curve
-                    .iter()
-                    .map(|e| (e.epoch as f64, -e.train_loss))
-                    .collect(),
-                (30, 90, 180),
-            ),
-            Curve::new(
-                format!("validation ({} draws per point)", config.train_val_draws),
-                outcome
-                    .history
-                    .curve
-                    .iter()
-                    .filter_map(|e| e.validation_value().map(|v| (e.epoch as f64, v)))
-                    .collect(),
-                (200, 40, 40),
-            ),
-        ],
+    let curve_png = training_png(
+        &args.out,
+        "vdm_training.png",
+        "VDM: training curve",
+        "ELBO",
+        &outcome.history.curve,
+        ("train (one draw per point)", |e: &Evaluation| -e.train_loss),
+        format!("validation ({} draws per point)", config.train_val_draws),
     )?;
     Ok(json!({
         "val_elbo": ev.elbo,
@@ -724,7 +567,7 @@ fn run_fm(
         outcome.history.seconds, outcome.history.validation_seconds, outcome.eval_seconds
     );
     let t0 = Instant::now();
-    let xs: Vec<f64> = (0..=560).map(|i| -14.0 + 28.0 * i as f64 / 560.0).collect();
+    let xs = y_grid();
     let grid = Tensor::from_slice(&xs, (xs.len(), 1), device)?.to_dtype(config.dtype)?;
     let flow = outcome.model.flow()?.detached()?;
     let model_ll = flow
@@ -732,83 +575,34 @@ fn run_fm(
         .to_dtype(DType::F64)?
         .flatten_all()?
         .to_vec1::<f64>()?;
-    let density_png = args.out.join("fm_density.png");
-    plot::density_figure(
-        &density_png,
-        &Figure::new(
-            "Flow matching: learned density (exact, RK4)",
-            "y",
-            "density",
-        )
-        .with_x_range(-14.0, 14.0),
+    let density_png = density_png(
+        &args.out,
+        "fm_density.png",
+        "Flow matching: learned density (exact, RK4)",
+        mixture,
         &data.train,
-        80,
-        &[
-            Curve::new(
-                "true density",
-                xs.iter().map(|&x| (x, mixture.density(x))).collect(),
-                (40, 40, 40),
-            ),
-            Curve::new(
-                "flow matching (RK4)",
-                xs.iter()
-                    .zip(&model_ll)
-                    .map(|(&x, &l)| (x, l.exp()))
-                    .collect(),
-                (200, 40, 40),
-            ),
-        ],
+        "flow matching (RK4)".into(),
+        xs.iter()
+            .zip(&model_ll)
+            .map(|(&x, &l)| (x, l.exp()))
+            .collect(),
     )?;
     let mut rng = TrainRng::seed_from_u64(7);
     let paths = flow.sample(100, OdeMethod::Rk4, config.n_steps, &mut rng, true)?;
-    let columns: Vec<Vec<f64>> = paths
-        .iter()
-        .map(|p| -> Result<Vec<f64>> { Ok(p.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?) })
-        .collect::<Result<_>>()?;
-    let path_lines: Vec<Vec<(f64, f64)>> = (0..100)
-        .map(|i| {
-            columns
-                .iter()
-                .enumerate()
-                .map(|(k, c)| (k as f64 / config.n_steps as f64, c[i]))
-                .collect()
-        })
-        .collect();
-    let paths_png = args.out.join("fm_paths.png");
-    plot::paths_figure(
-        &paths_png,
-        &Figure::new("Flow matching: sample paths (RK4), prior to data", "t", "x")
-            .with_x_range(0.0, 1.0)
-            .with_y_range(-14.0, 14.0),
-        &path_lines,
-        (30, 90, 180),
+    let paths_png = paths_png(
+        &args.out,
+        "fm_paths.png",
+        "Flow matching: sample paths (RK4), prior to data",
+        &paths,
     )?;
-    let curve_png = args.out.join("fm_training.png");
-    plot::line_figure(
-        &curve_png,
-        &Figure::new("Flow matching: training curve", "epoch", "loss"),
-        &[
-            Curve::new(
-                "train",
-                outcome
-                    .history
-                    .curve
-                    .iter()
-                    .map(|e| (e.epoch as f64, e.train_loss))
-                    .collect(),
-                (30, 90, 180),
-            ),
-            Curve::new(
-                format!("validation ({} draws per point)", config.val_draws),
-                outcome
-                    .history
-                    .curve
-                    .iter()
-                    .filter_map(|e| e.validation_value().map(|v| (e.epoch as f64, v)))
-                    .collect(),
-                (200, 40, 40),
-            ),
-        ],
+    let curve_png = training_png(
+        &args.out,
+        "fm_training.png",
+        "Flow matching: training curve",
+        "loss",
+        &outcome.history.curve,
+        ("train", |e: &Evaluation| e.train_loss),
+        format!("validation ({} draws per point)", config.val_draws),
     )?;
     Ok(json!({
         "val_log_likelihood": ll,
@@ -832,6 +626,116 @@ fn run_fm(
         "figures": [file_name(&density_png), file_name(&paths_png), file_name(&curve_png)],
         "reference": {"val_log_likelihood_rk4": -3.023, "val_log_likelihood_se": 0.007, "train_loss_end": 8.9, "elbo_delta_0.01": -14.1, "train_seconds": 57.0},
     }))
+}
+
+/// The `y` values of the density figures: 561 points on [−14, 14].
+fn y_grid() -> Vec<f64> {
+    (0..=560).map(|i| -14.0 + 28.0 * i as f64 / 560.0).collect()
+}
+
+/// The kernel density estimate of `samples` on [`y_grid`].
+fn kde_curve(samples: &[f64]) -> Vec<(f64, f64)> {
+    let xs = y_grid();
+    let density = evaluate::kde(samples, &xs, KDE_BANDWIDTH);
+    xs.into_iter().zip(density).collect()
+}
+
+/// The entries of `t` as `f64`.
+fn host(t: &Tensor) -> Result<Vec<f64>> {
+    Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?)
+}
+
+/// Draws `out/name`: the training data's histogram, the true density and a model's density.
+fn density_png(
+    out: &Path,
+    name: &str,
+    title: &str,
+    mixture: &LaplaceMixture,
+    train: &[f64],
+    label: String,
+    model: Vec<(f64, f64)>,
+) -> Result<PathBuf> {
+    let path = out.join(name);
+    let xs = y_grid();
+    plot::density_figure(
+        &path,
+        &Figure::new(title, "y", "density").with_x_range(-14.0, 14.0),
+        train,
+        80,
+        &[
+            Curve::new(
+                "true density",
+                xs.iter().map(|&x| (x, mixture.density(x))).collect(),
+                (40, 40, 40),
+            ),
+            Curve::new(label, model, (200, 40, 40)),
+        ],
+    )?;
+    Ok(path)
+}
+
+/// Draws `out/name`: sample paths from recorded states, one `(n, 1)` tensor per point of a
+/// uniform grid on [0, 1].
+fn paths_png(out: &Path, name: &str, title: &str, states: &[Tensor]) -> Result<PathBuf> {
+    let columns: Vec<Vec<f64>> = states.iter().map(host).collect::<Result<_>>()?;
+    let n_steps = columns.len().saturating_sub(1).max(1) as f64;
+    let n_paths = columns.first().map_or(0, Vec::len);
+    let lines: Vec<Vec<(f64, f64)>> = (0..n_paths)
+        .map(|i| {
+            columns
+                .iter()
+                .enumerate()
+                .map(|(k, c)| (k as f64 / n_steps, c[i]))
+                .collect()
+        })
+        .collect();
+    let path = out.join(name);
+    plot::paths_figure(
+        &path,
+        &Figure::new(title, "t", "x")
+            .with_x_range(0.0, 1.0)
+            .with_y_range(-14.0, 14.0),
+        &lines,
+        (30, 90, 180),
+    )?;
+    Ok(path)
+}
+
+/// Draws `out/name`: a training figure per epoch (`train.1` of each [`Evaluation`], labelled
+/// `train.0`) and the headline validation figure.
+fn training_png(
+    out: &Path,
+    name: &str,
+    title: &str,
+    y_label: &str,
+    curve: &[Evaluation],
+    train: (&str, fn(&Evaluation) -> f64),
+    validation: String,
+) -> Result<PathBuf> {
+    let path = out.join(name);
+    plot::line_figure(
+        &path,
+        &Figure::new(title, "epoch", y_label),
+        &[
+            Curve::new(
+                train.0,
+                curve
+                    .iter()
+                    .map(|e| (e.epoch as f64, (train.1)(e)))
+                    .collect(),
+                (30, 90, 180),
+            ),
+            Curve::new(
+                validation,
+                curve
+                    .iter()
+                    .filter_map(|e| e.validation_value().map(|v| (e.epoch as f64, v)))
+                    .collect(),
+                (200, 40, 40),
+            ),
+        ],
+    )?;
+    Ok(path)
 }
 
 fn file_name(p: &Path) -> String {

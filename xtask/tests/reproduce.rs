@@ -45,16 +45,18 @@ fn quick_reproduce_writes_report_and_figures() {
     assert!((terms - elbo).abs() < 1e-9, "the terms add up to the ELBO");
     assert!(num("/models/sde/samples/ks") < 0.2);
     assert_eq!(num("/models/sde/epochs"), 100.0);
-    // The VDM after 100 quick epochs: a bound below the truth, terms that add up, a schedule
+    // The VDM after 300 quick epochs (it converges slowest; measured: −3.33 after 300, −4.6
+    // after 100): a bound below the truth, within a nat of it, terms that add up, a schedule
     // that keeps λ₀ < λ₁.
     let vdm = num("/models/vdm/val_elbo");
-    assert!(vdm < truth + 0.05 && vdm > truth - 1.5, "{vdm}");
+    assert!(vdm < truth + 0.05 && vdm > truth - 1.0, "{vdm}");
     let terms = num("/models/vdm/terms/reconstruction")
         - num("/models/vdm/terms/prior_kl")
         - num("/models/vdm/terms/diffusion");
     assert!((terms - vdm).abs() < 1e-9);
     assert!(num("/models/vdm/schedule/lambda_0") < num("/models/vdm/schedule/lambda_1"));
     assert!(num("/models/vdm/samples/ks") < 0.3);
+    assert_eq!(num("/models/vdm/epochs"), 300.0);
     // Flow matching after 300 quick epochs: its exact likelihood is a likelihood, so on
     // average below the truth (up to the sample's noise), and training brings it within a
     // nat; the loss contains the irreducible conditional variance (≈ 8.9 at convergence).

@@ -1,5 +1,37 @@
-//! Evaluation helpers shared by the experiments: sample-quality distances and densities from
-//! samples.
+//! Evaluation helpers shared by the experiments: sampling a generative SDE, sample-quality
+//! distances and densities from samples.
+
+use candle_core::{DType, Device, Tensor};
+use sde_core::{Diffusion, Drift};
+use sde_solvers::{SdeMethod, TimeGrid};
+
+use crate::error::Result;
+use crate::train::TrainRng;
+
+/// Samples of a 1-D generative SDE (pass a detached one): `x_0 ~ N(0, 1)` drawn from `rng`,
+/// `n_steps` Euler–Maruyama steps to t = 1. With `record`, every grid state (paths); else the
+/// last state only.
+pub fn sample_sde<P: Drift<Tensor> + Diffusion<Tensor>>(
+    sde: &P,
+    n: usize,
+    n_steps: usize,
+    (dtype, device): (DType, &Device),
+    rng: &mut TrainRng,
+    record: bool,
+) -> Result<Vec<Tensor>> {
+    let x0 = sde_core::tensor_standard_normal(rng, &[n, 1], dtype, device)?;
+    let grid = TimeGrid::uniform(0.0, 1.0, n_steps)?;
+    let sol = SdeMethod::EulerMaruyama.solve(sde, x0, &grid, rng, record)?;
+    Ok(sol.states().to_vec())
+}
+
+/// The last of `states` as host `f64`s (empty if there is none).
+pub fn last_to_host(states: &[Tensor]) -> Result<Vec<f64>> {
+    match states.last() {
+        Some(x) => Ok(x.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?),
+        None => Ok(Vec::new()),
+    }
+}
 
 /// The two-sample Kolmogorov–Smirnov statistic `sup_x |F_a(x) − F_b(x)|` of two samples (NaNs
 /// are not expected; they sort last).

@@ -12,7 +12,7 @@ use sde_variational::{Activation, Mlp, MlpConfig, NeuralOde};
 
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::evaluate::ks_distance;
+use crate::evaluate::{ks_distance, last_to_host};
 use crate::ode::mean_log_likelihood;
 use crate::sde::draw_t_eps;
 use crate::train::{
@@ -281,10 +281,7 @@ pub fn run(
         &mut rng,
         false,
     )?;
-    let samples: Vec<f64> = match last.last() {
-        Some(x) => x.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?,
-        None => Vec::new(),
-    };
+    let samples = last_to_host(&last)?;
     let ks = ks_distance(&samples, &data.validation);
     Ok(FmOutcome {
         model,

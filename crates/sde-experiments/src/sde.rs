@@ -6,7 +6,6 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
-use sde_solvers::{SdeMethod, TimeGrid};
 use sde_variational::elbo::{diffusion_term, sde_elbo};
 use sde_variational::optim::{sorted_vars, AdamConfig, WeightDecay};
 use sde_variational::{
@@ -15,7 +14,7 @@ use sde_variational::{
 
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::evaluate::ks_distance;
+use crate::evaluate::{ks_distance, last_to_host, sample_sde};
 use crate::train::{
     column, train, BatchLoss, Evaluation, Metric, Objective, TrainConfig, TrainHistory, TrainRng,
     Validation,
@@ -355,10 +354,7 @@ pub fn sample(
 ) -> Result<Vec<Tensor>> {
     let sde = sde.detached()?;
     let net = sde.drift_net();
-    let x0 = sde_core::tensor_standard_normal(rng, &[n, 1], net.dtype(), net.device())?;
-    let grid = TimeGrid::uniform(0.0, 1.0, n_steps)?;
-    let sol = SdeMethod::EulerMaruyama.solve(&sde, x0, &grid, rng, record)?;
-    Ok(sol.states().to_vec())
+    sample_sde(&sde, n, n_steps, (net.dtype(), net.device()), rng, record)
 }
 
 /// Runs the SDE experiment on `data`: trains, evaluates the validation ELBO with
@@ -394,10 +390,7 @@ pub fn run(
         &mut rng,
         false,
     )?;
-    let samples: Vec<f64> = match last.last() {
-        Some(x) => x.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?,
-        None => Vec::new(),
-    };
+    let samples = last_to_host(&last)?;
     let ks = ks_distance(&samples, &data.validation);
     Ok(SdeOutcome {
         model,

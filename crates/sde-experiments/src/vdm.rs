@@ -5,14 +5,13 @@
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use rand::SeedableRng;
-use sde_solvers::{SdeMethod, TimeGrid};
 use sde_variational::optim::{sorted_vars, AdamConfig};
 use sde_variational::vdm::{drift_matching_closed_form, VdmSde, VpSchedule};
 use sde_variational::{Activation, GaussianProcess, Mlp, MlpConfig, Time};
 
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::evaluate::ks_distance;
+use crate::evaluate::{ks_distance, last_to_host, sample_sde};
 use crate::sde::{draw_t_eps, evaluate_gaussian_elbo, ElboEstimate};
 use crate::train::{
     column, train, BatchLoss, Evaluation, Objective, TrainConfig, TrainHistory, TrainRng,
@@ -237,12 +236,8 @@ pub fn sample(
     record: bool,
 ) -> Result<Vec<Tensor>> {
     let sde = sde.detached()?;
-    let x0 = sde_core::tensor_standard_normal(rng, &[n, 1], sde.net().dtype(), sde.net().device())?;
-    let grid = TimeGrid::uniform(0.0, 1.0, n_steps)?;
-    Ok(SdeMethod::EulerMaruyama
-        .solve(&sde, x0, &grid, rng, record)?
-        .states()
-        .to_vec())
+    let net = sde.net();
+    sample_sde(&sde, n, n_steps, (net.dtype(), net.device()), rng, record)
 }
 
 /// Runs the VDM experiment on `data`: trains, evaluates, samples.
@@ -277,10 +272,7 @@ pub fn run(
         &mut rng,
         false,
     )?;
-    let samples: Vec<f64> = match last.last() {
-        Some(x) => x.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?,
-        None => Vec::new(),
-    };
+    let samples = last_to_host(&last)?;
     let ks = ks_distance(&samples, &data.validation);
     Ok(VdmOutcome {
         model,
