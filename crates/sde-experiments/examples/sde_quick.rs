@@ -16,6 +16,11 @@ fn main() -> anyhow::Result<()> {
     let mut config = sde::SdeConfig::reference();
     config.train.epochs = epochs;
     config.train.validate_every = epochs;
+    if let Some(every) = std::env::args().nth(3) {
+        // `sde_quick EPOCHS [serial|parallel] EVERY`: validate and checkpoint every EVERY epochs.
+        config.train.validate_every = every.parse()?;
+        config.train.checkpoint = Some(std::env::temp_dir().join("sde_quick.safetensors"));
+    }
     let out = sde::run(&config, &data, &Device::Cpu, |_| {})?;
     let h = &out.history;
     println!(
