@@ -9,8 +9,11 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
-use sde_experiments::{evaluate, fm, ode, sde, vdm, Dataset, Evaluation, LaplaceMixture, TrainRng};
+use sde_experiments::{
+    evaluate, fm, ode, sde, sm, vdm, Dataset, Evaluation, LaplaceMixture, TrainRng,
+};
 use sde_solvers::OdeMethod;
+use sde_variational::score_matching::ScoreFlow;
 use sde_variational::{GaussianProcess, Time};
 use serde_json::json;
 
@@ -32,7 +35,8 @@ pub struct Args {
     /// Continue an interrupted run from the checkpoints in the output folder.
     #[arg(long)]
     resume: bool,
-    /// Run only these models (comma-separated): ode, sde, vdm, fm.
+    /// Run only these models (comma-separated): ode, sde, vdm, fm (the paper's four, the
+    /// default), and sm (score matching, not in the paper).
     #[arg(long, value_delimiter = ',', default_value = "ode,sde,vdm,fm")]
     only: Vec<Model>,
 }
@@ -48,6 +52,8 @@ pub enum Model {
     Vdm,
     /// Flow matching, judged by its exact likelihood (REFERENCE.md §4).
     Fm,
+    /// Denoising score matching on the VP process (VDM's network and budget).
+    Sm,
 }
 
 /// Population expected log-likelihood of the paper's mixture (MATH.md §9).
@@ -100,6 +106,12 @@ pub fn run(args: Args) -> Result<()> {
         models.insert(
             "fm".into(),
             run_fm(&args, &mixture, &data, &data_run, &device)?,
+        );
+    }
+    if args.only.contains(&Model::Sm) {
+        models.insert(
+            "sm".into(),
+            run_sm(&args, &mixture, &data, &data_run, &device)?,
         );
     }
     let report = json!({
@@ -625,6 +637,114 @@ fn run_fm(
         "curve": outcome.history.curve,
         "figures": [file_name(&density_png), file_name(&paths_png), file_name(&curve_png)],
         "reference": {"val_log_likelihood_rk4": -3.023, "val_log_likelihood_se": 0.007, "train_loss_end": 8.9, "elbo_delta_0.01": -14.1, "train_seconds": 57.0},
+    }))
+}
+
+/// The score-matching run (not in the paper; VDM's network and budget): trains, evaluates its
+/// ELBO and its exact probability-flow likelihood, samples, draws its figures.
+fn run_sm(
+    args: &Args,
+    mixture: &LaplaceMixture,
+    data: &Dataset,
+    data_run: &Dataset,
+    device: &Device,
+) -> Result<serde_json::Value> {
+    let mut config = sm::SmConfig::reference();
+    config.train.checkpoint = Some(args.out.join(if args.quick {
+        "sm-quick.safetensors"
+    } else {
+        "sm.safetensors"
+    }));
+    config.train.resume = args.resume;
+    if args.quick {
+        config.train.epochs = 300;
+        config.train.validate_every = 100;
+        config.eval_draws = 4;
+        config.n_samples = 2000;
+    }
+    println!(
+        "SM (denoising score matching, VP log-SNR {:?} fixed): {} epochs, lr {}",
+        config.lambda, config.train.epochs, config.train.adam.lr
+    );
+    let bar = progress(config.train.epochs as u64);
+    let outcome = sm::run(&config, data_run, device, |e: &Evaluation| {
+        bar.set_position(e.epoch as u64);
+        match e.validation_value() {
+            Some(v) => bar.set_message(format!("ELBO {:.4}  val {:.4}", -e.train_loss, v)),
+            None => bar.set_message(format!("ELBO {:.4}", -e.train_loss)),
+        }
+    })?;
+    bar.finish();
+    let ev = outcome.eval;
+    let (ll, se) = outcome.val_log_likelihood;
+    println!(
+        "SM: validation ELBO {:.4} ± {:.4}; exact probability-flow log-likelihood (RK4) {ll:.4} ± {se:.4}; KS {:.4}; training {:.1} s, evaluation and sampling {:.1} s",
+        ev.elbo, ev.se, outcome.ks, outcome.history.seconds, outcome.eval_seconds
+    );
+    let t0 = Instant::now();
+    let xs = y_grid();
+    let grid = Tensor::from_slice(&xs, (xs.len(), 1), device)?.to_dtype(config.dtype)?;
+    let sde_model = outcome.model.sde.detached()?;
+    let model_ll =
+        host(&ScoreFlow(&sde_model).log_likelihood(&grid, OdeMethod::Rk4, config.n_steps)?)?;
+    let density_png = density_png(
+        &args.out,
+        "sm_density.png",
+        "Score matching: probability-flow density (exact, RK4)",
+        mixture,
+        &data.train,
+        "score model (RK4)".into(),
+        xs.iter()
+            .zip(&model_ll)
+            .map(|(&x, &l)| (x, l.exp()))
+            .collect(),
+    )?;
+    let mut rng = TrainRng::seed_from_u64(7);
+    let paths = evaluate::sample_sde(
+        &sde_model,
+        100,
+        config.n_steps,
+        (config.dtype, device),
+        &mut rng,
+        true,
+    )?;
+    let paths_png = paths_png(
+        &args.out,
+        "sm_paths.png",
+        "Score matching: sample paths (Euler–Maruyama), prior to data",
+        &paths,
+    )?;
+    let curve_png = training_png(
+        &args.out,
+        "sm_training.png",
+        "Score matching: training curve",
+        "ELBO",
+        &outcome.history.curve,
+        ("train (one draw per point)", |e: &Evaluation| -e.train_loss),
+        format!("validation ({} draws per point)", config.train_val_draws),
+    )?;
+    Ok(json!({
+        "val_elbo": ev.elbo,
+        "val_elbo_se": ev.se,
+        "eval_draws": ev.draws,
+        "terms": {
+            "reconstruction": ev.reconstruction,
+            "prior_kl": ev.prior_kl,
+            "diffusion": ev.diffusion,
+        },
+        "val_log_likelihood": ll,
+        "val_log_likelihood_se": se,
+        "epochs": config.train.epochs,
+        "train_seconds": outcome.history.seconds,
+        "eval_seconds": outcome.eval_seconds,
+        "figure_seconds": t0.elapsed().as_secs_f64(),
+        "samples": {
+            "n": outcome.samples.len(),
+            "ks": outcome.ks,
+            "w1": evaluate::wasserstein1(&outcome.samples, &data_run.validation),
+        },
+        "curve": outcome.history.curve,
+        "figures": [file_name(&density_png), file_name(&paths_png), file_name(&curve_png)],
     }))
 }
 

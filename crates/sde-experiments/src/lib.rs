@@ -15,6 +15,8 @@
 //!   SDE ELBO), `REFERENCE.md` §2.
 //! - [`vdm`]: the VDM experiment (learned log-SNR schedule, signal prediction), `REFERENCE.md` §3.
 //! - [`fm`]: the flow-matching experiment with its exact likelihood, `REFERENCE.md` §4.
+//! - [`sm`]: a score-matching run (VDM's network and budget; not in the paper) with its ELBO
+//!   and exact probability-flow likelihood.
 //! - [`evaluate`]: Kolmogorov–Smirnov and Wasserstein-1 distances, kernel density estimates.
 //!
 //! Library code prints nothing: progress reaches the caller through callbacks.
@@ -26,6 +28,7 @@ pub mod evaluate;
 pub mod fm;
 pub mod ode;
 pub mod sde;
+pub mod sm;
 pub mod train;
 pub mod vdm;
 

@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device};
 use rand::SeedableRng;
-use sde_experiments::{fm, sde, train::column, vdm, Dataset, LaplaceMixture, TrainRng};
+use sde_experiments::{fm, sde, sm, train::column, vdm, Dataset, LaplaceMixture, TrainRng};
 
 fn small_config() -> sde::SdeConfig {
     let mut c = sde::SdeConfig::reference();
@@ -142,4 +142,36 @@ fn a_short_flow_matching_run_improves_and_is_reproducible() {
     // The monitored ELBO is reconstruction − KL − 2 L_FM with β₀ = 1, β₁ = 0, δ = 0.01.
     let recon = -0.5 * ((1e-4f64).ln() + (2.0 * std::f64::consts::PI).ln());
     assert!((a.val_elbo - (recon - 2.0 * a.val_loss.0)).abs() < 1e-9);
+}
+
+#[test]
+fn a_short_score_matching_run_improves_and_is_reproducible() {
+    let data = small_data();
+    let mut c = sm::SmConfig::reference();
+    c.train.epochs = 60;
+    c.train.batch_size = 100;
+    c.train.validate_every = 60;
+    c.train.adam.lr = 1e-2;
+    c.widths = vec![2, 32, 32, 1];
+    c.train_val_draws = 2;
+    c.eval_draws = 4;
+    c.n_samples = 300;
+    c.n_steps = 20;
+    let model = sm::build_model(&c, &Device::Cpu).unwrap();
+    let val = column(&data.validation, DType::F32, &Device::Cpu).unwrap();
+    let before = sm::evaluate_elbo(&model, &val, 4, &mut TrainRng::seed_from_u64(1)).unwrap();
+    let a = sm::run(&c, &data, &Device::Cpu, |_| {}).unwrap();
+    let b = sm::run(&c, &data, &Device::Cpu, |_| {}).unwrap();
+    // The ELBO is dominated by ½ λ' E(ε − M)² = 5 E(ε − M)², which the noise predictor lowers
+    // slowly (the full 2,000-epoch run takes E(ε − M)² from 1 to about 0.7): 240 steps of a
+    // 2-32-32-1 network at lr 1e-2 lift it by about 0.26 nats (measured −4.07 → −3.81).
+    assert!(
+        a.eval.elbo > before.elbo + 0.1,
+        "{} → {}",
+        before.elbo,
+        a.eval.elbo
+    );
+    assert_eq!(a.history.curve, b.history.curve);
+    assert_eq!(a.val_log_likelihood, b.val_log_likelihood);
+    assert!(a.val_log_likelihood.0.is_finite() && a.ks <= 1.0);
 }

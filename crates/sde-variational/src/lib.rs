@@ -29,6 +29,8 @@
 //!   [`vdm::VdmSde`].
 //! - [`flow_matching`]: the stochastic interpolant as a variational process, the
 //!   flow-matching loss and its ELBO terms.
+//! - [`score_matching`]: denoising score matching on the VP process as a parameterisation of
+//!   the SDE ELBO, and its probability-flow ODE with an exact likelihood.
 //! - [`mlp`]: the tanh MLPs of the reference experiments ([`Mlp`], [`MlpConfig`]), seeded
 //!   PyTorch-style initialisation into a [`candle_nn::VarMap`], forward-mode tangents and
 //!   Jacobian–vector products, and exact and Hutchinson divergences of fields `v(x, t)`.
@@ -45,6 +47,7 @@ pub mod mlp;
 pub mod neural_sde;
 pub mod optim;
 pub mod process;
+pub mod score_matching;
 mod simd;
 pub mod vdm;
 
