@@ -574,8 +574,8 @@ fn run_fm(
     bar.finish();
     let (ll, se) = outcome.val_log_likelihood;
     println!(
-        "FM: exact validation log-likelihood (RK4) {ll:.4} ± {se:.4}; loss {:.4}; monitored ELBO (δ = {}) {:.3}; KS {:.4}; training {:.1} s ({:.1} s validating), evaluation and sampling {:.1} s",
-        outcome.val_loss.0, config.delta, outcome.val_elbo, outcome.ks,
+        "FM: exact validation log-likelihood (RK4) {ll:.4} ± {se:.4}; loss {:.4}; monitored ELBO (δ = {}) {:.3}; KS {:.4} (ODE samples), {:.4} (SDE samples); training {:.1} s ({:.1} s validating), evaluation and sampling {:.1} s",
+        outcome.val_loss.0, config.delta, outcome.val_elbo, outcome.ks, outcome.sde_ks,
         outcome.history.seconds, outcome.history.validation_seconds, outcome.eval_seconds
     );
     let t0 = Instant::now();
@@ -633,6 +633,12 @@ fn run_fm(
             "n": outcome.samples.len(),
             "ks": outcome.ks,
             "w1": evaluate::wasserstein1(&outcome.samples, &data_run.validation),
+        },
+        "sde_samples": {
+            "n": outcome.sde_samples.len(),
+            "ks": outcome.sde_ks,
+            "w1": evaluate::wasserstein1(&outcome.sde_samples, &data_run.validation),
+            "sampler": "Euler–Maruyama on v + ½σ²∇log q (score from velocity), σ = β_t",
         },
         "curve": outcome.history.curve,
         "figures": [file_name(&density_png), file_name(&paths_png), file_name(&curve_png)],

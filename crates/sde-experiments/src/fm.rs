@@ -6,13 +6,13 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use rand::SeedableRng;
 use sde_solvers::OdeMethod;
-use sde_variational::flow_matching::{fm_loss, Interpolant};
+use sde_variational::flow_matching::{fm_loss, FlowSde, Interpolant};
 use sde_variational::optim::{sorted_vars, AdamConfig};
 use sde_variational::{Activation, Mlp, MlpConfig, NeuralOde};
 
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::evaluate::{ks_distance, last_to_host};
+use crate::evaluate::{ks_distance, last_to_host, sample_sde};
 use crate::ode::mean_log_likelihood;
 use crate::sde::draw_t_eps;
 use crate::train::{
@@ -230,6 +230,11 @@ pub struct FmOutcome {
     pub samples: Vec<f64>,
     /// Kolmogorov–Smirnov distance between the samples and the validation set.
     pub ks: f64,
+    /// Samples of the same model drawn by the SDE `v + ½ σ² ∇log q_t` (score from the
+    /// velocity, `σ = β_t`), Euler–Maruyama with `n_steps` steps.
+    pub sde_samples: Vec<f64>,
+    /// Their Kolmogorov–Smirnov distance to the validation set.
+    pub sde_ks: f64,
     /// Seconds of the final evaluation and sampling.
     pub eval_seconds: f64,
 }
@@ -283,6 +288,17 @@ pub fn run(
     )?;
     let samples = last_to_host(&last)?;
     let ks = ks_distance(&samples, &data.validation);
+    let velocity = model.velocity.detached()?;
+    let flow_sde = FlowSde::new(&velocity, model.interpolant, 1.0)?;
+    let sde_samples = last_to_host(&sample_sde(
+        &flow_sde,
+        config.n_samples,
+        config.n_steps,
+        (config.dtype, device),
+        &mut rng,
+        false,
+    )?)?;
+    let sde_ks = ks_distance(&sde_samples, &data.validation);
     Ok(FmOutcome {
         model,
         history,
@@ -291,6 +307,8 @@ pub fn run(
         val_elbo,
         samples,
         ks,
+        sde_samples,
+        sde_ks,
         eval_seconds: t0.elapsed().as_secs_f64(),
     })
 }

@@ -139,6 +139,10 @@ fn a_short_flow_matching_run_improves_and_is_reproducible() {
     assert_eq!(a.history.curve, b.history.curve);
     assert_eq!(a.val_log_likelihood, b.val_log_likelihood);
     assert!(a.val_log_likelihood.0.is_finite());
+    // The SDE sampler (score from velocity) draws as many finite samples, reproducibly.
+    assert_eq!(a.sde_samples.len(), c.n_samples);
+    assert!(a.sde_samples.iter().all(|x| x.is_finite()));
+    assert_eq!(a.sde_samples, b.sde_samples);
     // The monitored ELBO is reconstruction − KL − 2 L_FM with β₀ = 1, β₁ = 0, δ = 0.01.
     let recon = -0.5 * ((1e-4f64).ln() + (2.0 * std::f64::consts::PI).ln());
     assert!((a.val_elbo - (recon - 2.0 * a.val_loss.0)).abs() < 1e-9);
@@ -174,4 +178,73 @@ fn a_short_score_matching_run_improves_and_is_reproducible() {
     assert_eq!(a.history.curve, b.history.curve);
     assert_eq!(a.val_log_likelihood, b.val_log_likelihood);
     assert!(a.val_log_likelihood.0.is_finite() && a.ks <= 1.0);
+}
+
+/// The flow-matching loss on the same `(t, ε)` draws over `ys`, of the exact data-set optimum
+/// `v*` (the interpolant mixture's marginal velocity) and of `net`, and the mean squared
+/// distance `E|v_net − v*|²` over those draws.
+fn fm_against_optimum(
+    net: &sde_variational::Mlp,
+    ys: &[f64],
+    (b0, b1): (f64, f64),
+    seed: u64,
+) -> (f64, f64, f64) {
+    use rand::Rng;
+    use sde_core::{LinearGaussianPath, MixturePath, VectorField};
+    let paths: Vec<_> = ys
+        .iter()
+        .map(|&y| LinearGaussianPath::new(0.0, b0, y, b1).unwrap())
+        .collect();
+    let mix = MixturePath::new(vec![1.0; ys.len()], paths).unwrap();
+    let mut rng = TrainRng::seed_from_u64(seed);
+    let (mut l_star, mut l_net, mut dist) = (0.0, 0.0, 0.0);
+    let net = net.detached().unwrap();
+    let n = ys.len() * 4;
+    for k in 0..n {
+        let y = ys[k % ys.len()];
+        let t: f64 = rng.random_range(0.02..0.98);
+        let eps: f64 = rng.sample(rand_distr::StandardNormal);
+        let beta = (1.0 - t) * b0 + t * b1;
+        let x = t * y + beta * eps;
+        let u = y + (b1 - b0) * eps;
+        let v_star = mix.velocity(&vec![x], t).unwrap()[0];
+        let row = candle_core::Tensor::new(&[[x as f32, t as f32]], &Device::Cpu).unwrap();
+        let v_net = net
+            .forward(&row)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()[0] as f64;
+        l_star += (v_star - u).powi(2);
+        l_net += (v_net - u).powi(2);
+        dist += (v_net - v_star).powi(2);
+    }
+    let n = n as f64;
+    (l_star / n, l_net / n, dist / n)
+}
+
+#[test]
+fn the_data_set_optimum_beats_a_trained_flow_and_training_approaches_it() {
+    let data = small_data();
+    let mut c = fm::FmConfig::reference();
+    c.betas = (1.0, 0.05); // the optimum's paths need β₁ > 0
+    c.train.epochs = 60;
+    c.train.batch_size = 100;
+    c.train.validate_every = 60;
+    c.train.adam.lr = 1e-2;
+    c.widths = vec![2, 32, 32, 1];
+    c.n_samples = 200;
+    c.n_steps = 20;
+    let init = fm::build_model(&c, &Device::Cpu).unwrap();
+    let trained = fm::run(&c, &data, &Device::Cpu, |_| {}).unwrap();
+    let (l_star, l_init, d_init) = fm_against_optimum(&init.velocity, &data.train, c.betas, 5);
+    let (l_star2, l_net, d_net) =
+        fm_against_optimum(&trained.model.velocity, &data.train, c.betas, 5);
+    assert_eq!(l_star, l_star2, "the same draws");
+    // The optimum minimises the flow-matching loss on this data set (appendix F): no network
+    // does better on the same draws; training moves the network towards it. Measured: optimum
+    // 9.10, trained 9.72, untrained 37.1; mean squared distance to v* 27.1 → 0.65.
+    assert!(l_star < l_net && l_net < l_init);
+    assert!(d_net < 0.25 * d_init, "{d_init} → {d_net}");
 }

@@ -59,6 +59,57 @@ impl Interpolant {
         0.5 * (b2.ln() + 1.0 - b2)
     }
 
+    /// `(β_t, β̇ / β_t, c_t = 1 − t β̇/β_t)` at `t`.
+    fn coefficients(&self, t: f64) -> (f64, f64, f64) {
+        let beta = (1.0 - t) * self.beta0 + t * self.beta1;
+        let r = (self.beta1 - self.beta0) / beta;
+        (beta, r, 1.0 - t * r)
+    }
+
+    /// The marginal score from the marginal velocity (`MATH.md` §8): both are affine in
+    /// `E[y | x_t]`, so `ŷ = (v − (β̇/β) x) / c_t` and `∇ log q_t(x) = −(x − t ŷ) / β_t²`.
+    /// Exact for the optimum; for a learned velocity it defines the score an SDE sampler uses.
+    ///
+    /// # Errors
+    /// `t` outside `[0, 1)` when `β₁ = 0` (the score is singular at the data), or `c_t = 0`.
+    pub fn score_from_velocity(&self, x: &Tensor, v: &Tensor, t: f64) -> Result<Tensor> {
+        let (beta, r, c) = self.check_time(t)?;
+        let y_hat = ((v - (x * r)?)? / c)?;
+        Ok(((x - (y_hat * t)?)? / (-beta * beta))?)
+    }
+
+    /// The marginal velocity from the marginal score, the inverse of
+    /// [`score_from_velocity`](Self::score_from_velocity): `E[y | x_t] = (x + β_t² s) / t`,
+    /// `v = c_t E[y | x_t] + (β̇/β) x`.
+    ///
+    /// # Errors
+    /// `t` not in `(0, 1)` (the data point is not identified at t = 0), or `c_t = 0`.
+    pub fn velocity_from_score(&self, x: &Tensor, s: &Tensor, t: f64) -> Result<Tensor> {
+        if t <= 0.0 {
+            return Err(Error::invalid(
+                "t",
+                t,
+                "must be positive to recover E[y | x] from a score",
+            ));
+        }
+        let (beta, r, c) = self.check_time(t)?;
+        let y_hat = ((x + (s * (beta * beta))?)? / t)?;
+        Ok(((y_hat * c)? + (x * r)?)?)
+    }
+
+    fn check_time(&self, t: f64) -> Result<(f64, f64, f64)> {
+        let (beta, r, c) = self.coefficients(t);
+        let valid = t.is_finite() && (0.0..=1.0).contains(&t) && beta > 0.0 && c != 0.0;
+        if !valid {
+            return Err(Error::invalid(
+                "t",
+                t,
+                "must lie in [0, 1] where β_t > 0 and c_t ≠ 0",
+            ));
+        }
+        Ok((beta, r, c))
+    }
+
     /// `E_{q₁}[log N(y; x₁, δ²)] = −½ (β₁²/δ² + log 2πδ²)` (the same for every data point).
     pub fn reconstruction(&self, delta: f64) -> f64 {
         -0.5 * (self.beta1 * self.beta1 / (delta * delta) + (delta * delta).ln() + LN_2PI)
@@ -107,4 +158,71 @@ pub fn fm_loss(
     let u = q.ode_drift_at_eps(eps)?;
     let (value, _) = value_and_tangents(v, &x, Time::PerSample(t), &[])?;
     Ok((value - u)?.sqr()?)
+}
+
+/// A flow-matching model sampled by an SDE (`MATH.md` §2 and §8): the forward drift
+/// `f = v + ½ σ(t)² ∇log q_t` with the score from the learned velocity
+/// ([`Interpolant::score_from_velocity`]) and the diffusion `σ(t) = η β_t`. Any `σ` keeps the
+/// marginals of the ODE; this one vanishes with `β_t` at the data end, where the score grows like
+/// `1/β_t²`, so that `½ σ² ∇log q_t` stays bounded.
+#[derive(Debug, Clone)]
+pub struct FlowSde<'a> {
+    v: &'a Mlp,
+    interpolant: Interpolant,
+    eta: f64,
+}
+
+impl<'a> FlowSde<'a> {
+    /// The SDE of velocity `v` on `interpolant` with noise scale `eta ≥ 0` (0: the ODE).
+    ///
+    /// # Errors
+    /// `eta` negative or not finite.
+    pub fn new(v: &'a Mlp, interpolant: Interpolant, eta: f64) -> Result<Self> {
+        if !(eta.is_finite() && eta >= 0.0) {
+            return Err(Error::invalid(
+                "eta",
+                eta,
+                "must be finite and non-negative",
+            ));
+        }
+        Ok(Self {
+            v,
+            interpolant,
+            eta,
+        })
+    }
+
+    fn sigma(&self, t: f64) -> f64 {
+        let (b0, b1) = self.interpolant.betas();
+        self.eta * ((1.0 - t) * b0 + t * b1)
+    }
+}
+
+fn core_err(e: Error) -> sde_core::Error {
+    sde_core::Error::Field(Box::new(e))
+}
+
+impl sde_core::Drift<Tensor> for FlowSde<'_> {
+    fn drift(&self, x: &Tensor, t: f64) -> sde_core::Result<Tensor> {
+        let run = || -> Result<Tensor> {
+            let (v, _) = value_and_tangents(self.v, x, Time::Scalar(t), &[])?;
+            if self.eta == 0.0 {
+                return Ok(v);
+            }
+            let s = self.interpolant.score_from_velocity(x, &v, t)?;
+            let sigma = self.sigma(t);
+            Ok((v + (s * (0.5 * sigma * sigma))?)?)
+        };
+        run().map_err(core_err)
+    }
+}
+
+impl sde_core::Diffusion<Tensor> for FlowSde<'_> {
+    fn diffusion(&self, _x: &Tensor, t: f64) -> sde_core::Result<sde_core::Noise<Tensor>> {
+        Ok(sde_core::Noise::Scalar(self.sigma(t)))
+    }
+
+    fn diffusion_divergence(&self, _x: &Tensor, _t: f64) -> sde_core::Result<Option<Tensor>> {
+        Ok(None)
+    }
 }
