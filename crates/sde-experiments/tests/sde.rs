@@ -248,3 +248,59 @@ fn the_data_set_optimum_beats_a_trained_flow_and_training_approaches_it() {
     assert!(l_star < l_net && l_net < l_init);
     assert!(d_net < 0.25 * d_init, "{d_init} → {d_net}");
 }
+
+#[test]
+fn the_data_set_optimum_beats_a_trained_score_network_on_the_dsm_loss() {
+    use rand::Rng;
+    use sde_core::{Gaussian, GaussianMixture};
+    let data = small_data();
+    let mut c = sm::SmConfig::reference();
+    c.train.epochs = 60;
+    c.train.batch_size = 100;
+    c.train.validate_every = 60;
+    c.train.adam.lr = 1e-2;
+    c.widths = vec![2, 32, 32, 1];
+    c.train_val_draws = 1;
+    c.eval_draws = 2;
+    c.n_samples = 100;
+    c.n_steps = 10;
+    let trained = sm::run(&c, &data, &Device::Cpu, |_| {}).unwrap();
+    let sde = trained.model.sde.detached().unwrap();
+    // The optimum of denoising score matching on a data set is the score of
+    // q_t = (1/N) Σₙ N(a_t yₙ, b_t²) (appendix F). Compare DSM losses ½σ²|s − ∇log q(x|y)|² on
+    // the same draws over the training points.
+    let (l0, l1) = c.lambda;
+    let sigmoid = |z: f64| 1.0 / (1.0 + (-z).exp());
+    let mut rng = TrainRng::seed_from_u64(9);
+    let (mut l_star, mut l_net) = (0.0, 0.0);
+    let n = data.train.len() * 2;
+    for k in 0..n {
+        let y = data.train[k % data.train.len()];
+        let t: f64 = rng.random_range(0.05..0.95);
+        let eps: f64 = rng.sample(rand_distr::StandardNormal);
+        let lambda = (1.0 - t) * l0 + t * l1;
+        let (a, b) = (sigmoid(lambda).sqrt(), sigmoid(-lambda).sqrt());
+        let sigma2 = (l1 - l0) * b * b;
+        let x = a * y + b * eps;
+        let target = -eps / b;
+        let mix = GaussianMixture::new(
+            vec![1.0; data.train.len()],
+            data.train
+                .iter()
+                .map(|&yn| Gaussian::new(a * yn, b * b).unwrap())
+                .collect(),
+        )
+        .unwrap();
+        let s_star = mix.score_at(x);
+        let xt = candle_core::Tensor::new(&[[x as f32]], &Device::Cpu).unwrap();
+        let (s_net, _) = sde
+            .score(&xt, sde_variational::Time::Scalar(t), false)
+            .unwrap();
+        let s_net = s_net.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0] as f64;
+        l_star += 0.5 * sigma2 * (s_star - target).powi(2);
+        l_net += 0.5 * sigma2 * (s_net - target).powi(2);
+    }
+    // Measured: optimum 4.00, trained 4.64 per draw (800 draws). Both contain the irreducible
+    // variance of the target −ε/b around its conditional mean.
+    assert!(l_star < l_net, "{l_star} vs {l_net}");
+}
