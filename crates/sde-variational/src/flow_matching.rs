@@ -226,3 +226,18 @@ impl sde_core::Diffusion<Tensor> for FlowSde<'_> {
         Ok(None)
     }
 }
+
+/// The σ-weighted flow-matching loss per row, `|v(x_t, t) − u|² / σ²` (`MATH.md` §8), for a
+/// diffusion `sigma2` `(B, 1)` (or `(1, 1)`) at the rows' times: the weighting under which
+/// `2 L_FM` is the SDE ELBO's diffusion term when the reverse drift does not depend on `y`.
+/// With `σ ≡ 1` it is [`fm_loss`].
+pub fn fm_loss_weighted(
+    v: &Mlp,
+    interpolant: &Interpolant,
+    y: &Tensor,
+    t: &Tensor,
+    eps: &Tensor,
+    sigma2: &Tensor,
+) -> Result<Tensor> {
+    Ok(fm_loss(v, interpolant, y, t, eps)?.broadcast_div(sigma2)?)
+}

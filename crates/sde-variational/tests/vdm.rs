@@ -11,7 +11,7 @@ use common::{rel_err, values};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sde_variational::elbo::{diffusion_term, GenerativeSde};
-use sde_variational::flow_matching::{fm_loss, Interpolant};
+use sde_variational::flow_matching::{fm_loss_weighted, Interpolant};
 use sde_variational::vdm::{drift_matching_closed_form, VdmSde, VpSchedule};
 use sde_variational::{Activation, DiffusionAt, GaussianProcess, Mlp, MlpConfig, Result, Time};
 
@@ -180,7 +180,7 @@ fn the_fm_elbo_diffusion_term_is_twice_the_weighted_fm_loss() -> Result<()> {
     };
     let general = diffusion_term(&interpolant, &model, &y, &t, &eps)?;
     // 2 L_FM with the σ-weighting of MATH.md §8: 2 |v − u|² / σ².
-    let twice = ((fm_loss(&v, &interpolant, &y, &t, &eps)? / fm_sigma2(&t)?)? * 2.0)?;
+    let twice = (fm_loss_weighted(&v, &interpolant, &y, &t, &eps, &fm_sigma2(&t)?)? * 2.0)?;
     let e = rel_err(&general, &twice)?;
     // The same algebra in two orders; the y-terms cancel in f_q,bwd to rounding of |y| ≤ 8
     // times coefficients ≲ 20: 1e-10 relative.
