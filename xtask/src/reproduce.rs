@@ -150,11 +150,7 @@ fn run_ode(
 ) -> Result<serde_json::Value> {
     let device = device.clone();
     let mut config = ode::OdeConfig::reference();
-    config.train.checkpoint = Some(args.out.join(if args.quick {
-        "ode-quick.safetensors"
-    } else {
-        "ode.safetensors"
-    }));
+    config.train.checkpoint = Some(checkpoint(args, "ode"));
     config.train.resume = args.resume;
     if args.quick {
         config.train.epochs = 20;
@@ -167,11 +163,7 @@ fn run_ode(
     );
     let bar = progress(config.train.epochs as u64);
     let outcome = ode::run(&config, data_run, &device, |e: &Evaluation| {
-        bar.set_position(e.epoch as u64);
-        match e.validation_value() {
-            Some(v) => bar.set_message(format!("loss {:.4}  val {:.4}", e.train_loss, v)),
-            None => bar.set_message(format!("loss {:.4}", e.train_loss)),
-        }
+        show_epoch(&bar, e, "loss", 1.0)
     })?;
     bar.finish();
     let (ll_rk4, se_rk4) = outcome.val_ll_eval_method;
@@ -267,11 +259,7 @@ fn run_sde(
     device: &Device,
 ) -> Result<serde_json::Value> {
     let mut config = sde::SdeConfig::reference();
-    config.train.checkpoint = Some(args.out.join(if args.quick {
-        "sde-quick.safetensors"
-    } else {
-        "sde.safetensors"
-    }));
+    config.train.checkpoint = Some(checkpoint(args, "sde"));
     config.train.resume = args.resume;
     if args.quick {
         config.train.epochs = 100;
@@ -285,11 +273,7 @@ fn run_sde(
     );
     let bar = progress(config.train.epochs as u64);
     let outcome = sde::run(&config, data_run, device, |e: &Evaluation| {
-        bar.set_position(e.epoch as u64);
-        match e.validation_value() {
-            Some(v) => bar.set_message(format!("ELBO {:.4}  val {:.4}", -e.train_loss, v)),
-            None => bar.set_message(format!("ELBO {:.4}", -e.train_loss)),
-        }
+        show_epoch(&bar, e, "ELBO", -1.0)
     })?;
     bar.finish();
     let ev = outcome.eval;
@@ -425,11 +409,7 @@ fn run_vdm(
     device: &Device,
 ) -> Result<serde_json::Value> {
     let mut config = vdm::VdmConfig::reference();
-    config.train.checkpoint = Some(args.out.join(if args.quick {
-        "vdm-quick.safetensors"
-    } else {
-        "vdm.safetensors"
-    }));
+    config.train.checkpoint = Some(checkpoint(args, "vdm"));
     config.train.resume = args.resume;
     if args.quick {
         config.train.epochs = 300;
@@ -443,11 +423,7 @@ fn run_vdm(
     );
     let bar = progress(config.train.epochs as u64);
     let outcome = vdm::run(&config, data_run, device, |e: &Evaluation| {
-        bar.set_position(e.epoch as u64);
-        match e.validation_value() {
-            Some(v) => bar.set_message(format!("ELBO {:.4}  val {:.4}", -e.train_loss, v)),
-            None => bar.set_message(format!("ELBO {:.4}", -e.train_loss)),
-        }
+        show_epoch(&bar, e, "ELBO", -1.0)
     })?;
     bar.finish();
     let ev = outcome.eval;
@@ -548,11 +524,7 @@ fn run_fm(
     device: &Device,
 ) -> Result<serde_json::Value> {
     let mut config = fm::FmConfig::reference();
-    config.train.checkpoint = Some(args.out.join(if args.quick {
-        "fm-quick.safetensors"
-    } else {
-        "fm.safetensors"
-    }));
+    config.train.checkpoint = Some(checkpoint(args, "fm"));
     config.train.resume = args.resume;
     if args.quick {
         config.train.epochs = 300;
@@ -565,11 +537,7 @@ fn run_fm(
     );
     let bar = progress(config.train.epochs as u64);
     let outcome = fm::run(&config, data_run, device, |e: &Evaluation| {
-        bar.set_position(e.epoch as u64);
-        match e.validation_value() {
-            Some(v) => bar.set_message(format!("loss {:.4}  val {:.4}", e.train_loss, v)),
-            None => bar.set_message(format!("loss {:.4}", e.train_loss)),
-        }
+        show_epoch(&bar, e, "loss", 1.0)
     })?;
     bar.finish();
     let (ll, se) = outcome.val_log_likelihood;
@@ -656,11 +624,7 @@ fn run_sm(
     device: &Device,
 ) -> Result<serde_json::Value> {
     let mut config = sm::SmConfig::reference();
-    config.train.checkpoint = Some(args.out.join(if args.quick {
-        "sm-quick.safetensors"
-    } else {
-        "sm.safetensors"
-    }));
+    config.train.checkpoint = Some(checkpoint(args, "sm"));
     config.train.resume = args.resume;
     if args.quick {
         config.train.epochs = 300;
@@ -674,11 +638,7 @@ fn run_sm(
     );
     let bar = progress(config.train.epochs as u64);
     let outcome = sm::run(&config, data_run, device, |e: &Evaluation| {
-        bar.set_position(e.epoch as u64);
-        match e.validation_value() {
-            Some(v) => bar.set_message(format!("ELBO {:.4}  val {:.4}", -e.train_loss, v)),
-            None => bar.set_message(format!("ELBO {:.4}", -e.train_loss)),
-        }
+        show_epoch(&bar, e, "ELBO", -1.0)
     })?;
     bar.finish();
     let ev = outcome.eval;
@@ -752,6 +712,23 @@ fn run_sm(
         "curve": outcome.history.curve,
         "figures": [file_name(&density_png), file_name(&paths_png), file_name(&curve_png)],
     }))
+}
+
+/// The checkpoint file of `model` in the output folder (a separate one for quick runs).
+fn checkpoint(args: &Args, model: &str) -> PathBuf {
+    let suffix = if args.quick { "-quick" } else { "" };
+    args.out.join(format!("{model}{suffix}.safetensors"))
+}
+
+/// Shows epoch `e` on `bar`: `label` with `sign × loss` (−1 for an ELBO or likelihood, +1 for a
+/// loss) and the headline validation figure when there is one.
+fn show_epoch(bar: &ProgressBar, e: &Evaluation, label: &str, sign: f64) {
+    bar.set_position(e.epoch as u64);
+    let train = sign * e.train_loss;
+    match e.validation_value() {
+        Some(v) => bar.set_message(format!("{label} {train:.4}  val {v:.4}")),
+        None => bar.set_message(format!("{label} {train:.4}")),
+    }
 }
 
 /// The `y` values of the density figures: 561 points on [−14, 14].
