@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use sde_experiments::{
@@ -180,11 +180,7 @@ fn run_ode(
     let xs = y_grid();
     let grid = Tensor::from_slice(&xs, (xs.len(), 1), &device)?.to_dtype(config.dtype)?;
     let model = outcome.model.detached()?;
-    let model_ll = model
-        .log_likelihood(&grid, OdeMethod::Rk4, config.n_steps)?
-        .to_dtype(DType::F64)?
-        .flatten_all()?
-        .to_vec1::<f64>()?;
+    let model_ll = host(&model.log_likelihood(&grid, OdeMethod::Rk4, config.n_steps)?)?;
     let density_png = density_png(
         &args.out,
         "ode_density.png",
@@ -318,9 +314,6 @@ fn run_sde(
     for &t in &ts {
         let q = process.marginal(&ys, Time::Scalar(t), false)?;
         let (_, s, _) = sde_model.fields(&q.alpha, Time::Scalar(t))?;
-        let host = |v: &Tensor| -> Result<Vec<f64>> {
-            Ok(v.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?)
-        };
         for (i, ((a, b), sg)) in host(&q.alpha)?
             .into_iter()
             .zip(host(&q.beta)?)
@@ -366,13 +359,7 @@ fn run_sde(
         format!("validation ({} draws per point)", config.train_val_draws),
     )?;
     figures.push(file_name(&curve_png));
-    let beta1 = process
-        .beta1()?
-        .to_dtype(DType::F64)?
-        .flatten_all()?
-        .to_vec1::<f64>()?
-        .first()
-        .copied();
+    let beta1 = host(&process.beta1()?)?.first().copied();
     Ok(json!({
         "val_elbo": ev.elbo,
         "val_elbo_se": ev.se,
@@ -550,11 +537,7 @@ fn run_fm(
     let xs = y_grid();
     let grid = Tensor::from_slice(&xs, (xs.len(), 1), device)?.to_dtype(config.dtype)?;
     let flow = outcome.model.flow()?.detached()?;
-    let model_ll = flow
-        .log_likelihood(&grid, OdeMethod::Rk4, config.n_steps)?
-        .to_dtype(DType::F64)?
-        .flatten_all()?
-        .to_vec1::<f64>()?;
+    let model_ll = host(&flow.log_likelihood(&grid, OdeMethod::Rk4, config.n_steps)?)?;
     let density_png = density_png(
         &args.out,
         "fm_density.png",
@@ -745,7 +728,7 @@ fn kde_curve(samples: &[f64]) -> Vec<(f64, f64)> {
 
 /// The entries of `t` as `f64`.
 fn host(t: &Tensor) -> Result<Vec<f64>> {
-    Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?)
+    Ok(evaluate::to_host(t)?)
 }
 
 /// Draws `out/name`: the training data's histogram, the true density and a model's density.

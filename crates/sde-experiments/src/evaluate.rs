@@ -25,12 +25,35 @@ pub fn sample_sde<P: Drift<Tensor> + Diffusion<Tensor>>(
     Ok(sol.states().to_vec())
 }
 
+/// The entries of `t` as host `f64`s.
+pub fn to_host(t: &Tensor) -> Result<Vec<f64>> {
+    Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?)
+}
+
+/// The mean of a per-point figure `f` (a `(len, 1)` tensor for `(len, 1)` data) over the rows
+/// of `data` `(n, 1)`, and its standard error over points, evaluated in chunks of 2,000 rows
+/// so that large sets stay in cache and memory.
+pub fn mean_se_over_points(
+    data: &Tensor,
+    mut f: impl FnMut(&Tensor) -> Result<Tensor>,
+) -> Result<(f64, f64)> {
+    let n = data.dim(0)?;
+    let mut values = Vec::with_capacity(n);
+    let mut start = 0;
+    while start < n {
+        let len = 2000.min(n - start);
+        values.extend(to_host(&f(&data.narrow(0, start, len)?)?)?);
+        start += len;
+    }
+    let nf = n as f64;
+    let m = values.iter().sum::<f64>() / nf;
+    let var = values.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / (nf - 1.0).max(1.0);
+    Ok((m, (var / nf).sqrt()))
+}
+
 /// The last of `states` as host `f64`s (empty if there is none).
 pub fn last_to_host(states: &[Tensor]) -> Result<Vec<f64>> {
-    match states.last() {
-        Some(x) => Ok(x.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?),
-        None => Ok(Vec::new()),
-    }
+    states.last().map_or(Ok(Vec::new()), to_host)
 }
 
 /// The two-sample Kolmogorov–Smirnov statistic `sup_x |F_a(x) − F_b(x)|` of two samples (NaNs

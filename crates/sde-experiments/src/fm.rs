@@ -12,7 +12,7 @@ use sde_variational::{Activation, Mlp, MlpConfig, NeuralOde};
 
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::evaluate::{ks_distance, last_to_host, sample_sde};
+use crate::evaluate::{ks_distance, last_to_host, sample_sde, to_host};
 use crate::ode::mean_log_likelihood;
 use crate::sde::draw_t_eps;
 use crate::train::{
@@ -156,10 +156,7 @@ pub fn evaluate_loss(
     let (mut sum, mut sq, mut count) = (0.0, 0.0, 0.0);
     for k in 0..draws {
         let (t, eps) = draw_t_eps(rng, n, Some((k, draws)), data.dtype(), data.device())?;
-        let l: Vec<f64> = fm_loss(&v, &model.interpolant, data, &t, &eps)?
-            .to_dtype(DType::F64)?
-            .flatten_all()?
-            .to_vec1()?;
+        let l = to_host(&fm_loss(&v, &model.interpolant, data, &t, &eps)?)?;
         for x in l {
             sum += x;
             sq += x * x;

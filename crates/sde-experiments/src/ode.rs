@@ -10,6 +10,7 @@ use sde_variational::{Activation, Mlp, MlpConfig, NeuralOde};
 
 use crate::data::Dataset;
 use crate::error::Result;
+use crate::evaluate::mean_se_over_points;
 use crate::train::{
     column, train, BatchLoss, Evaluation, Metric, Objective, TrainConfig, TrainHistory, TrainRng,
     Validation,
@@ -121,23 +122,10 @@ pub fn mean_log_likelihood(
     method: OdeMethod,
     n_steps: usize,
 ) -> Result<(f64, f64)> {
-    let n = data.dim(0)?;
     let model = model.detached()?;
-    let mut values = Vec::with_capacity(n);
-    let mut start = 0;
-    while start < n {
-        let len = 2000.min(n - start);
-        let ll = model
-            .log_likelihood(&data.narrow(0, start, len)?, method, n_steps)?
-            .to_dtype(DType::F64)?
-            .flatten_all()?
-            .to_vec1::<f64>()?;
-        values.extend(ll);
-        start += len;
-    }
-    let m = values.iter().sum::<f64>() / n as f64;
-    let var = values.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / (n as f64 - 1.0).max(1.0);
-    Ok((m, (var / n as f64).sqrt()))
+    mean_se_over_points(data, |chunk| {
+        Ok(model.log_likelihood(chunk, method, n_steps)?)
+    })
 }
 
 /// What the ODE experiment produced.

@@ -14,7 +14,7 @@ use sde_variational::{
 
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::evaluate::{ks_distance, last_to_host, sample_sde};
+use crate::evaluate::{ks_distance, last_to_host, sample_sde, to_host as host};
 use crate::train::{
     column, train, BatchLoss, Evaluation, Metric, Objective, TrainConfig, TrainHistory, TrainRng,
     Validation,
@@ -234,8 +234,6 @@ pub fn evaluate_gaussian_elbo<P: GaussianProcess, G: GenerativeSde>(
     rng: &mut TrainRng,
 ) -> Result<ElboEstimate> {
     let (n, dtype, device) = (data.dim(0)?, data.dtype(), data.device().clone());
-    let host =
-        |t: &Tensor| -> Result<Vec<f64>> { Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?) };
     let (mut recon, mut kl) = (0.0, 0.0);
     let mut diff_sum = vec![0.0; n];
     let mut diff_sq = vec![0.0; n];

@@ -13,7 +13,7 @@ use sde_variational::{Activation, GaussianProcess, Mlp, MlpConfig, Time};
 
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::evaluate::{ks_distance, last_to_host, sample_sde};
+use crate::evaluate::{ks_distance, last_to_host, mean_se_over_points, sample_sde};
 use crate::sde::{draw_t_eps, evaluate_gaussian_elbo, ElboEstimate};
 use crate::train::{
     column, train, BatchLoss, Evaluation, Objective, TrainConfig, TrainHistory, TrainRng,
@@ -212,22 +212,9 @@ pub struct SmOutcome {
 /// and standard error over points.
 pub fn flow_log_likelihood(model: &SmModel, data: &Tensor, n_steps: usize) -> Result<(f64, f64)> {
     let sde = model.sde.detached()?;
-    let n = data.dim(0)?;
-    let mut values = Vec::with_capacity(n);
-    let mut start = 0;
-    while start < n {
-        let len = 2000.min(n - start);
-        let ll = ScoreFlow(&sde).log_likelihood(
-            &data.narrow(0, start, len)?,
-            OdeMethod::Rk4,
-            n_steps,
-        )?;
-        values.extend(ll.flatten_all()?.to_vec1::<f64>()?);
-        start += len;
-    }
-    let m = values.iter().sum::<f64>() / n as f64;
-    let var = values.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / (n as f64 - 1.0).max(1.0);
-    Ok((m, (var / n as f64).sqrt()))
+    mean_se_over_points(data, |chunk| {
+        Ok(ScoreFlow(&sde).log_likelihood(chunk, OdeMethod::Rk4, n_steps)?)
+    })
 }
 
 /// Runs the score-matching experiment: trains, evaluates the ELBO and the exact likelihood,

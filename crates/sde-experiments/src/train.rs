@@ -22,6 +22,7 @@ use sde_variational::optim::{Adam, AdamConfig, AdamState, ParamMoments};
 use crate::checkpoint::{config_hash, Checkpoint};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
+use crate::evaluate::to_host as host;
 
 /// The random number generator of training: ChaCha with 8 rounds, a stream fixed by its
 /// specification (so a published seed keeps its meaning across `rand` releases) whose position
@@ -468,8 +469,6 @@ fn restore(
 ) -> Result<TrainMeta> {
     let ckpt: Checkpoint<TrainMeta> = Checkpoint::load(path, hash, device)?;
     let mut moments = Vec::with_capacity(params.len());
-    let host =
-        |t: &Tensor| -> Result<Vec<f64>> { Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?) };
     for (name, var) in params {
         let p = ckpt.tensor(&format!("param/{name}"))?;
         let target = var.as_tensor();

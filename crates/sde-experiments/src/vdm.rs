@@ -11,7 +11,7 @@ use sde_variational::{Activation, GaussianProcess, Mlp, MlpConfig, Time};
 
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::evaluate::{ks_distance, last_to_host, sample_sde};
+use crate::evaluate::{ks_distance, last_to_host, sample_sde, to_host};
 use crate::sde::{draw_t_eps, evaluate_gaussian_elbo, ElboEstimate};
 use crate::train::{
     column, train, BatchLoss, Evaluation, Objective, TrainConfig, TrainHistory, TrainRng,
@@ -120,9 +120,8 @@ impl VdmModel {
     /// The learned schedule's endpoints `(λ₀, λ₁)`.
     pub fn endpoints(&self) -> Result<(f64, f64)> {
         let (l0, l1) = self.sde.schedule().endpoints();
-        let v = |t: &Tensor| -> Result<f64> {
-            Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?[0])
-        };
+        let v =
+            |t: &Tensor| -> Result<f64> { Ok(to_host(t)?.first().copied().unwrap_or(f64::NAN)) };
         Ok((v(l0)?, v(l1)?))
     }
 }

@@ -397,10 +397,7 @@ impl Adam {
             let theta = match var.dtype() {
                 DType::F32 => {
                     let mut out = vec![0.0f32; slot.theta.len()];
-                    // f32 parameters are updated in f32 arithmetic, as PyTorch does: eight
-                    // lanes and cheaper roots and divisions. Their moments are f32 values
-                    // held in the f64 state, so checkpoints still restore them exactly.
-                    wide(UpdateF32 {
+                    wide(Update {
                         slot,
                         k: &coefs,
                         out: &mut out,
@@ -413,7 +410,6 @@ impl Adam {
                         slot,
                         k: &coefs,
                         out: &mut out,
-                        cast: |x| x,
                     });
                     Tensor::from_vec(out, var.shape(), var.device())?
                 }
@@ -539,32 +535,61 @@ fn sum_of_squares(xs: &[f64]) -> f64 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
-/// One parameter's Adam update as a [`Kernel`], run through [`wide`] (its square roots and
-/// divisions are the bulk of a step's optimiser time).
-struct Update<'a, T, C: Fn(f64) -> T> {
-    slot: &'a mut Slot,
-    k: &'a Coefs,
-    out: &'a mut [T],
-    cast: C,
+/// The arithmetic of an update: `f32` for `f32` parameters (as PyTorch; eight lanes, cheaper
+/// roots and divisions), `f64` for `f64` ones. Moments are held in `f64` either way; `f32`
+/// values convert to `f64` and back exactly, so checkpoints restore them bit for bit.
+trait AdamFloat:
+    Copy
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+{
+    fn of(x: f64) -> Self;
+    fn to_f64(self) -> f64;
+    fn sqrt(self) -> Self;
 }
 
-impl<T, C: Fn(f64) -> T> Kernel for Update<'_, T, C> {
-    type Output = ();
-
+impl AdamFloat for f32 {
     #[inline(always)]
-    fn run(self) {
-        update(self.slot, self.k, self.out, self.cast);
+    fn of(x: f64) -> Self {
+        x as f32
+    }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+    #[inline(always)]
+    fn sqrt(self) -> Self {
+        f32::sqrt(self)
     }
 }
 
-/// The Adam update of one `f32` parameter in `f32` arithmetic, as a [`Kernel`].
-struct UpdateF32<'a> {
-    slot: &'a mut Slot,
-    k: &'a Coefs,
-    out: &'a mut [f32],
+impl AdamFloat for f64 {
+    #[inline(always)]
+    fn of(x: f64) -> Self {
+        x
+    }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self
+    }
+    #[inline(always)]
+    fn sqrt(self) -> Self {
+        f64::sqrt(self)
+    }
 }
 
-impl Kernel for UpdateF32<'_> {
+/// One parameter's Adam update in arithmetic `F`, as a [`Kernel`] run through [`wide`] (its
+/// square roots and divisions are the bulk of a step's optimiser time): from `slot.grad` and
+/// `slot.theta`, the new moments go to `slot.m_next`/`slot.v_next`, the new values to `out`.
+struct Update<'a, F> {
+    slot: &'a mut Slot,
+    k: &'a Coefs,
+    out: &'a mut [F],
+}
+
+impl<F: AdamFloat> Kernel for Update<'_, F> {
     type Output = ();
 
     #[inline(always)]
@@ -579,65 +604,35 @@ impl Kernel for UpdateF32<'_> {
             ..
         } = self.slot;
         let k = self.k;
-        let clip = k.clip.unwrap_or(1.0) as f32;
-        let (decay_coupled, decay_decoupled) = match k.weight_decay {
-            WeightDecay::None => (0.0f32, 1.0f32),
-            WeightDecay::Coupled(l) => (l as f32, 1.0),
-            WeightDecay::Decoupled(l) => (0.0, (1.0 - k.lr * l) as f32),
+        // Clipping and the two decays as factors and terms that are the identity when off
+        // (× 1, + 0 · p), so the loop has no branches.
+        let clip = F::of(k.clip.unwrap_or(1.0));
+        let (coupled, decoupled) = match k.weight_decay {
+            WeightDecay::None => (0.0, 1.0),
+            WeightDecay::Coupled(l) => (l, 1.0),
+            WeightDecay::Decoupled(l) => (0.0, 1.0 - k.lr * l),
         };
-        let (b1, b2, eps) = (k.beta1 as f32, k.beta2 as f32, k.eps as f32);
-        let (step_size, inv_bc2) = (k.step_size as f32, k.inv_bias_correction2_sqrt as f32);
+        let (coupled, decoupled) = (F::of(coupled), F::of(decoupled));
+        let (b1, b2, eps) = (F::of(k.beta1), F::of(k.beta2), F::of(k.eps));
+        let (one_minus_b1, one_minus_b2) = (F::of(1.0) - b1, F::of(1.0) - b2);
+        // PyTorch divides by √(1 − β₂ᵗ); the multiplication by its inverse (a rounding apart)
+        // saves one of the two divisions that bound this loop's speed.
+        let (step_size, inv_bc2) = (F::of(k.step_size), F::of(k.inv_bias_correction2_sqrt));
         let values = theta.iter().zip(grad.iter()).zip(m.iter().zip(v.iter()));
         let outputs = self
             .out
             .iter_mut()
             .zip(m_next.iter_mut().zip(v_next.iter_mut()));
         for (((&p, &g), (&m, &v)), (out, (m_next, v_next))) in values.zip(outputs) {
-            let (p, g) = (p as f32, g as f32 * clip);
-            // Exactly one of the two decays is active (the other is the identity).
-            let g = g + decay_coupled * p;
-            let p = p * decay_decoupled;
-            let m = b1 * m as f32 + (1.0 - b1) * g;
-            let v = b2 * v as f32 + (1.0 - b2) * g * g;
+            let (p, g) = (F::of(p), F::of(g) * clip);
+            let g = g + coupled * p;
+            let p = p * decoupled;
+            let m = b1 * F::of(m) + one_minus_b1 * g;
+            let v = b2 * F::of(v) + one_minus_b2 * g * g;
             let denom = v.sqrt() * inv_bc2 + eps;
             *out = p - step_size * m / denom;
-            (*m_next, *v_next) = (f64::from(m), f64::from(v));
+            (*m_next, *v_next) = (m.to_f64(), v.to_f64());
         }
-    }
-}
-
-/// The Adam update of one parameter from `slot.grad` and `slot.theta`: the new moments go
-/// to `slot.m_next`/`slot.v_next`, the new values, converted by `cast`, to `out`.
-#[inline(always)]
-fn update<T>(slot: &mut Slot, k: &Coefs, out: &mut [T], cast: impl Fn(f64) -> T) {
-    let Slot {
-        m,
-        v,
-        m_next,
-        v_next,
-        grad,
-        theta,
-        ..
-    } = slot;
-    let values = theta.iter().zip(grad.iter()).zip(m.iter().zip(v.iter()));
-    let outputs = out.iter_mut().zip(m_next.iter_mut().zip(v_next.iter_mut()));
-    for (((&p, &g), (&m, &v)), (out, (m_next, v_next))) in values.zip(outputs) {
-        let (mut p, mut g) = (p, g);
-        if let Some(coef) = k.clip {
-            g *= coef;
-        }
-        match k.weight_decay {
-            WeightDecay::None => {}
-            WeightDecay::Coupled(l) => g += l * p,
-            WeightDecay::Decoupled(l) => p *= 1.0 - k.lr * l,
-        }
-        let m = k.beta1 * m + (1.0 - k.beta1) * g;
-        let v = k.beta2 * v + (1.0 - k.beta2) * g * g;
-        // PyTorch divides by √(1 − β₂ᵗ); the multiplication by its inverse (a rounding
-        // apart) saves one of the two divisions that bound this loop's speed.
-        let denom = v.sqrt() * k.inv_bias_correction2_sqrt + k.eps;
-        p -= k.step_size * m / denom;
-        (*m_next, *v_next, *out) = (m, v, cast(p));
     }
 }
 

@@ -69,58 +69,55 @@ impl GaussianMarginal {
         }
     }
 
+    /// `ε = (x − α) / β`: the standard normal that puts `x` on the flow `α + β ε`.
+    fn eps_of(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(((x - &self.alpha)? / &self.beta)?)
+    }
+
     /// The ODE drift (velocity) `∂α/∂t + (∂β/∂t / β)(x − α)` (eq. 40): the flow `α + β ε`.
     pub fn ode_drift(&self, x: &Tensor) -> Result<Tensor> {
-        self.ode_drift_dev(&(x - &self.alpha)?)
+        self.ode_drift_at_eps(&self.eps_of(x)?)
     }
 
     /// The forward SDE drift `f_q = f_q,ode + ½ ∂σ²/∂x + ½ σ² ∇ₓ log q_t` for the diffusion
     /// `d` at the same rows (eq. 44, `MATH.md` §5).
     pub fn forward_drift(&self, x: &Tensor, d: &DiffusionAt) -> Result<Tensor> {
-        self.sde_drift_dev(&(x - &self.alpha)?, d, 1.0)
+        self.sde_drift_at_eps(&self.eps_of(x)?, d, 1.0)
     }
 
     /// The reverse-time SDE drift `f_q,bwd = f_q,ode − ½ ∂σ²/∂x − ½ σ² ∇ₓ log q_t`.
     pub fn reverse_drift(&self, x: &Tensor, d: &DiffusionAt) -> Result<Tensor> {
-        self.sde_drift_dev(&(x - &self.alpha)?, d, -1.0)
-    }
-
-    /// `f_q,ode` from the deviation `dev = x − α`.
-    pub(crate) fn ode_drift_dev(&self, dev: &Tensor) -> Result<Tensor> {
-        let (da, db) = self.derivatives()?;
-        Ok((da + ((db / &self.beta)? * dev)?)?)
-    }
-
-    /// `f_q,ode ± (½ ∂σ²/∂x + ½ σ² ∇ log q)` from `dev = x − α`; `sign` +1 forward, −1 reverse.
-    pub(crate) fn sde_drift_dev(&self, dev: &Tensor, d: &DiffusionAt, sign: f64) -> Result<Tensor> {
-        let ode = self.ode_drift_dev(dev)?;
-        // ½ σ² ∇ log q = −½ σ² (x − α)/β².
-        let mut corr = ((&d.sigma2 * dev)? / self.beta.sqr()?)?.affine(-0.5, 0.0)?;
-        if let Some(ds) = &d.dsigma2_dx {
-            corr = (corr + ds.affine(0.5, 0.0)?)?;
-        }
-        Ok((ode + corr.affine(sign, 0.0)?)?)
+        self.sde_drift_at_eps(&self.eps_of(x)?, d, -1.0)
     }
 
     /// The ODE drift at the reparameterised point `x = α + β ε`, written in `ε`:
     /// `f_q,ode = ∂α/∂t + ∂β/∂t ε` (no division by `β`, so it holds where `β` reaches 0, as
-    /// at the data end of flow matching's interpolant). The conditional flow-matching target.
+    /// at the data end of flow matching's interpolant). The conditional flow-matching target,
+    /// and the one place the ODE drift is written.
     pub fn ode_drift_at_eps(&self, eps: &Tensor) -> Result<Tensor> {
         let (da, db) = self.derivatives()?;
         Ok((da + (db * eps)?)?)
     }
 
     /// The forward SDE drift at the reparameterised point `x = α + β ε`, written in `ε`:
-    /// `f_q = ∂α/∂t + ∂β/∂t ε + ½ ∂σ²/∂x − ½ σ² ε / β` — the same formula as
-    /// [`forward_drift`](Self::forward_drift) with `x − α = β ε`, in fewer tensor ops (the
-    /// training losses call it once per step).
+    /// `f_q = ∂α/∂t + ∂β/∂t ε + ½ ∂σ²/∂x − ½ σ² ε / β` (the losses call this form: they draw
+    /// `ε`).
     pub fn forward_drift_at_eps(&self, eps: &Tensor, d: &DiffusionAt) -> Result<Tensor> {
-        let (da, db) = self.derivatives()?;
-        let mut f = (da + (db * eps)?)?;
-        // ½ σ² ∇ log q = −½ σ² ε / β.
-        f = (f - ((&d.sigma2 * eps)? / &self.beta)?.affine(0.5, 0.0)?)?;
+        self.sde_drift_at_eps(eps, d, 1.0)
+    }
+
+    /// `f_q,ode ± (½ ∂σ²/∂x + ½ σ² ∇ log q)` at `x = α + β ε`, with `∇ log q = −ε / β`;
+    /// `sign` +1 forward, −1 reverse: the one place the SDE drifts are written.
+    pub(crate) fn sde_drift_at_eps(
+        &self,
+        eps: &Tensor,
+        d: &DiffusionAt,
+        sign: f64,
+    ) -> Result<Tensor> {
+        let mut f = self.ode_drift_at_eps(eps)?;
+        f = (f + ((&d.sigma2 * eps)? / &self.beta)?.affine(-0.5 * sign, 0.0)?)?;
         if let Some(ds) = &d.dsigma2_dx {
-            f = (f + ds.affine(0.5, 0.0)?)?;
+            f = (f + ds.affine(0.5 * sign, 0.0)?)?;
         }
         Ok(f)
     }
@@ -343,8 +340,8 @@ impl<'a, P: GaussianProcess, G: crate::elbo::GenerativeSde> VariationalField<'a,
             ));
         }
         let q = self.process.marginal(&self.ys, Time::Scalar(t), true)?;
-        let dev = (x - &q.alpha)?;
-        Ok((q, dev))
+        let eps = q.eps_of(x)?;
+        Ok((q, eps))
     }
 
     fn t_column(&self, t: f64) -> Result<Tensor> {
@@ -361,7 +358,7 @@ impl<P: GaussianProcess, G: crate::elbo::GenerativeSde> sde_core::VectorField<Te
 {
     fn velocity(&self, x: &Tensor, t: f64) -> sde_core::Result<Tensor> {
         self.at(x, t)
-            .and_then(|(q, dev)| q.ode_drift_dev(&dev))
+            .and_then(|(q, eps)| q.ode_drift_at_eps(&eps))
             .map_err(core_err)
     }
 }
@@ -372,9 +369,9 @@ impl<P: GaussianProcess, G: crate::elbo::GenerativeSde> sde_core::Drift<Tensor>
     /// The reverse-time drift `f_q,bwd` (for a decreasing time grid, `MATH.md` §1).
     fn drift(&self, x: &Tensor, t: f64) -> sde_core::Result<Tensor> {
         let run = || -> Result<Tensor> {
-            let (q, dev) = self.at(x, t)?;
+            let (q, eps) = self.at(x, t)?;
             let (_, d) = self.model.drift_and_diffusion(x, &self.t_column(t)?)?;
-            q.sde_drift_dev(&dev, &d, -1.0)
+            q.sde_drift_at_eps(&eps, &d, -1.0)
         };
         run().map_err(core_err)
     }
