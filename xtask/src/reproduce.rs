@@ -36,7 +36,8 @@ pub struct Args {
     #[arg(long)]
     resume: bool,
     /// Run only these models (comma-separated): ode, sde, vdm, fm (the paper's four, the
-    /// default), and sm (score matching, not in the paper).
+    /// default), sm (score matching) and fm-elbo (flow matching with learned β₀, β₁ on the
+    /// σ-weighted ELBO), both not in the paper.
     #[arg(long, value_delimiter = ',', default_value = "ode,sde,vdm,fm")]
     only: Vec<Model>,
 }
@@ -54,6 +55,8 @@ pub enum Model {
     Fm,
     /// Denoising score matching on the VP process (VDM's network and budget).
     Sm,
+    /// Flow matching with learned β₀, β₁ on the σ-weighted FM ELBO (not in the paper).
+    FmElbo,
 }
 
 /// Population expected log-likelihood of the paper's mixture (MATH.md §9).
@@ -105,7 +108,13 @@ pub fn run(args: Args) -> Result<()> {
     if args.only.contains(&Model::Fm) {
         models.insert(
             "fm".into(),
-            run_fm(&args, &mixture, &data, &data_run, &device)?,
+            run_fm(&args, false, &mixture, &data, &data_run, &device)?,
+        );
+    }
+    if args.only.contains(&Model::FmElbo) {
+        models.insert(
+            "fm_elbo".into(),
+            run_fm(&args, true, &mixture, &data, &data_run, &device)?,
         );
     }
     if args.only.contains(&Model::Sm) {
@@ -505,22 +514,31 @@ fn run_vdm(
 /// through the probability-flow ODE, samples, draws its figures; returns its part of the report.
 fn run_fm(
     args: &Args,
+    learned: bool,
     mixture: &LaplaceMixture,
     data: &Dataset,
     data_run: &Dataset,
     device: &Device,
 ) -> Result<serde_json::Value> {
-    let mut config = fm::FmConfig::reference();
-    config.train.checkpoint = Some(checkpoint(args, "fm"));
+    let (mut config, name, label) = if learned {
+        (fm::FmConfig::learned(), "fm_elbo", "FM-ELBO")
+    } else {
+        (fm::FmConfig::reference(), "fm", "FM")
+    };
+    config.train.checkpoint = Some(checkpoint(args, name));
     config.train.resume = args.resume;
     if args.quick {
         config.train.epochs = 300;
         config.train.validate_every = 100;
         config.n_samples = 2000;
     }
+    let (b0, b1) = config.betas;
     println!(
-        "FM (flow matching, x_t = t y + (1 − t) ε): {} epochs, lr {}",
-        config.train.epochs, config.train.adam.lr
+        "{label} (flow matching, x_t = t y + β_t ε, β from ({b0}, {b1}){}, {:?} weighting): {} epochs, lr {}",
+        if learned { " learned" } else { " fixed" },
+        config.weighting,
+        config.train.epochs,
+        config.train.adam.lr
     );
     let bar = progress(config.train.epochs as u64);
     let outcome = fm::run(&config, data_run, device, |e: &Evaluation| {
@@ -528,9 +546,10 @@ fn run_fm(
     })?;
     bar.finish();
     let (ll, se) = outcome.val_log_likelihood;
+    let (b0, b1) = outcome.betas;
     println!(
-        "FM: exact validation log-likelihood (RK4) {ll:.4} ± {se:.4}; loss {:.4}; monitored ELBO (δ = {}) {:.3}; KS {:.4} (ODE samples), {:.4} (SDE samples); training {:.1} s ({:.1} s validating), evaluation and sampling {:.1} s",
-        outcome.val_loss.0, config.delta, outcome.val_elbo, outcome.ks, outcome.sde_ks,
+        "{label}: exact validation log-likelihood (RK4) {ll:.4} ± {se:.4}; loss {:.4}; ELBO (δ = {}) {:.3} ± {:.3}; β = ({b0:.4}, {b1:.4}); KS {:.4} (ODE samples), {:.4} (SDE samples); training {:.1} s ({:.1} s validating), evaluation and sampling {:.1} s",
+        outcome.val.loss.0, config.delta, outcome.val.elbo.0, outcome.val.elbo.1, outcome.ks, outcome.sde_ks,
         outcome.history.seconds, outcome.history.validation_seconds, outcome.eval_seconds
     );
     let t0 = Instant::now();
@@ -540,8 +559,8 @@ fn run_fm(
     let model_ll = host(&flow.log_likelihood(&grid, OdeMethod::Rk4, config.n_steps)?)?;
     let density_png = density_png(
         &args.out,
-        "fm_density.png",
-        "Flow matching: learned density (exact, RK4)",
+        &format!("{name}_density.png"),
+        &format!("{label}: learned density (exact, RK4)"),
         mixture,
         &data.train,
         "flow matching (RK4)".into(),
@@ -554,14 +573,14 @@ fn run_fm(
     let paths = flow.sample(100, OdeMethod::Rk4, config.n_steps, &mut rng, true)?;
     let paths_png = paths_png(
         &args.out,
-        "fm_paths.png",
-        "Flow matching: sample paths (RK4), prior to data",
+        &format!("{name}_paths.png"),
+        &format!("{label}: sample paths (RK4), prior to data"),
         &paths,
     )?;
     let curve_png = training_png(
         &args.out,
-        "fm_training.png",
-        "Flow matching: training curve",
+        &format!("{name}_training.png"),
+        &format!("{label}: training curve"),
         "loss",
         &outcome.history.curve,
         ("train", |e: &Evaluation| e.train_loss),
@@ -571,10 +590,14 @@ fn run_fm(
         "val_log_likelihood": ll,
         "val_log_likelihood_se": se,
         "eval_method": "rk4",
-        "val_loss": outcome.val_loss.0,
-        "val_loss_se": outcome.val_loss.1,
-        "val_elbo": outcome.val_elbo,
+        "val_loss": outcome.val.loss.0,
+        "val_loss_se": outcome.val.loss.1,
+        "val_elbo": outcome.val.elbo.0,
+        "val_elbo_se": outcome.val.elbo.1,
         "delta": config.delta,
+        "betas": [b0, b1],
+        "learned_betas": config.learn_betas,
+        "weighting": format!("{:?}", config.weighting),
         "epochs": config.train.epochs,
         "train_seconds": outcome.history.seconds,
         "validation_seconds": outcome.history.validation_seconds,

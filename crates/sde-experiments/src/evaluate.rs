@@ -45,10 +45,15 @@ pub fn mean_se_over_points(
         values.extend(to_host(&f(&data.narrow(0, start, len)?)?)?);
         start += len;
     }
-    let nf = n as f64;
+    Ok(mean_se(&values))
+}
+
+/// The mean of `values` and its standard error `sd / √n` (sample sd; NaN for no values).
+pub fn mean_se(values: &[f64]) -> (f64, f64) {
+    let nf = values.len() as f64;
     let m = values.iter().sum::<f64>() / nf;
     let var = values.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / (nf - 1.0).max(1.0);
-    Ok((m, (var / nf).sqrt()))
+    (m, (var / nf).sqrt())
 }
 
 /// The last of `states` as host `f64`s (empty if there is none).

@@ -6,13 +6,13 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use rand::SeedableRng;
 use sde_solvers::OdeMethod;
-use sde_variational::flow_matching::{fm_loss, FlowSde, Interpolant};
+use sde_variational::flow_matching::{fm_elbo, fm_loss, FlowSde, FmWeighting, Interpolant};
 use sde_variational::optim::{sorted_vars, AdamConfig};
 use sde_variational::{Activation, Mlp, MlpConfig, NeuralOde};
 
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::evaluate::{ks_distance, last_to_host, sample_sde, to_host};
+use crate::evaluate::{ks_distance, last_to_host, mean_se, sample_sde, to_host};
 use crate::ode::mean_log_likelihood;
 use crate::sde::draw_t_eps;
 use crate::train::{
@@ -27,8 +27,15 @@ pub struct FmConfig {
     pub train: TrainConfig,
     /// Widths of the velocity network (input `[x, t]`).
     pub widths: Vec<usize>,
-    /// The interpolant's `β₀` (prior width) and `β₁` (width at the data).
+    /// The interpolant's `β₀` (prior width) and `β₁` (width at the data); the starting values
+    /// when they are learned.
     pub betas: (f64, f64),
+    /// Learn `β₀, β₁` (`β = softplus(θ)`, needs `β₁ > 0`) by training on the negative FM ELBO
+    /// instead of the plain flow-matching loss.
+    pub learn_betas: bool,
+    /// The weighting of the squared velocity error in the ELBO (and in the loss when it is
+    /// not the reference's plain MSE); [`FmWeighting::YFree`] needs `β₁ > 0`.
+    pub weighting: FmWeighting,
     /// The likelihood width `δ` of the monitored ELBO (`REFERENCE.md` §4: 0.01).
     pub delta: f64,
     /// Draws of `(t, ε)` per validation point for the validation loss.
@@ -59,6 +66,8 @@ impl FmConfig {
             },
             widths: vec![2, 64, 64, 1],
             betas: (1.0, 0.0),
+            learn_betas: false,
+            weighting: FmWeighting::Unit,
             delta: 0.01,
             val_draws: 4,
             n_steps: 99,
@@ -68,7 +77,23 @@ impl FmConfig {
         }
     }
 
-    fn check(&self) -> Result<Interpolant> {
+    /// The variant beyond the paper: `β₀, β₁` learned from `(1, 0.1)` on the σ-weighted FM ELBO
+    /// ([`FmWeighting::YFree`], a true bound); the rest as [`FmConfig::reference`].
+    pub fn learned() -> Self {
+        Self {
+            betas: (1.0, 0.1),
+            learn_betas: true,
+            weighting: FmWeighting::YFree,
+            ..Self::reference()
+        }
+    }
+
+    /// Whether training uses the reference's plain MSE (fixed widths, unit weighting).
+    fn plain_loss(&self) -> bool {
+        !self.learn_betas && self.weighting == FmWeighting::Unit
+    }
+
+    fn check(&self) -> Result<()> {
         if self.val_draws == 0 {
             return Err(Error::invalid("val_draws", 0, "must be at least 1"));
         }
@@ -82,7 +107,15 @@ impl FmConfig {
                 "must be finite and positive",
             ));
         }
-        Ok(Interpolant::new(self.betas.0, self.betas.1)?)
+        if self.weighting == FmWeighting::YFree && self.betas.1 <= 0.0 {
+            return Err(Error::invalid(
+                "betas",
+                format!("{:?}", self.betas),
+                "the σ-weighted ELBO needs beta1 > 0 (its weight t/(2 β₀ β_t) is infinite at t = 1 otherwise)",
+            ));
+        }
+        Interpolant::new(self.betas.0, self.betas.1)?;
+        Ok(())
     }
 
     fn fingerprint(&self) -> impl serde::Serialize {
@@ -90,6 +123,7 @@ impl FmConfig {
             "fm",
             self.widths.clone(),
             (self.betas.0.to_bits(), self.betas.1.to_bits()),
+            (self.learn_betas, format!("{:?}", self.weighting)),
             self.init_seed,
             format!("{:?}", self.dtype),
         )
@@ -117,16 +151,27 @@ impl std::fmt::Debug for FmModel {
 }
 
 impl FmModel {
-    /// The model as a continuous normalizing flow (exact likelihood, sampling).
+    /// The model as a continuous normalizing flow (exact likelihood, sampling) from the prior
+    /// `N(0, β₀²)` that its velocity transports.
     pub fn flow(&self) -> Result<NeuralOde> {
-        Ok(NeuralOde::new(self.velocity.clone())?)
+        Ok(NeuralOde::new(self.velocity.clone())?.with_prior_scale(self.interpolant.betas().0)?)
     }
 }
 
 /// Builds the velocity network for `config`.
 pub fn build_model(config: &FmConfig, device: &Device) -> Result<FmModel> {
-    let interpolant = config.check()?;
+    config.check()?;
     let vars = VarMap::new();
+    let (b0, b1) = config.betas;
+    let interpolant = if config.learn_betas {
+        let (interpolant, [raw0, raw1]) = Interpolant::learned(b0, b1, config.dtype, device)?;
+        let mut data = vars.data().lock().unwrap_or_else(|e| e.into_inner());
+        data.insert("fm.beta0_raw".into(), raw0);
+        data.insert("fm.beta1_raw".into(), raw1);
+        interpolant
+    } else {
+        Interpolant::new(b0, b1)?
+    };
     let mut rng = TrainRng::seed_from_u64(config.init_seed);
     let velocity = Mlp::new(
         &MlpConfig::new(config.widths.clone(), Activation::Identity),
@@ -143,40 +188,60 @@ pub fn build_model(config: &FmConfig, device: &Device) -> Result<FmModel> {
     })
 }
 
-/// The flow-matching loss `L_FM` on `data` with `draws` stratified draws per point, without a
-/// gradient graph: its mean and Monte-Carlo standard error.
-pub fn evaluate_loss(
+/// The flow-matching loss `L_FM` and the FM ELBO (`reconstruction − KL − diffusion`, with the
+/// objective's weighting and likelihood width) on `data`, averaged per point over `draws`
+/// stratified draws of `(t, ε)`, without a gradient graph: means over points and their standard
+/// errors.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FmEvaluation {
+    /// `L_FM` (plain MSE) and its standard error.
+    pub loss: (f64, f64),
+    /// The ELBO and its standard error.
+    pub elbo: (f64, f64),
+}
+
+/// Evaluates [`FmEvaluation`] for `model` on `data` `(n, 1)`.
+pub fn evaluate(
     model: &FmModel,
     data: &Tensor,
     draws: usize,
+    delta: f64,
+    weighting: FmWeighting,
     rng: &mut TrainRng,
-) -> Result<(f64, f64)> {
+) -> Result<FmEvaluation> {
     let v = model.velocity.detached()?;
+    let interpolant = model.interpolant.detached()?;
+    let delta = Tensor::full(delta, (1, 1), data.device())?.to_dtype(data.dtype())?;
     let n = data.dim(0)?;
-    let (mut sum, mut sq, mut count) = (0.0, 0.0, 0.0);
+    let (mut loss, mut elbo) = (vec![0.0; n], vec![0.0; n]);
     for k in 0..draws {
         let (t, eps) = draw_t_eps(rng, n, Some((k, draws)), data.dtype(), data.device())?;
-        let l = to_host(&fm_loss(&v, &model.interpolant, data, &t, &eps)?)?;
-        for x in l {
-            sum += x;
-            sq += x * x;
-            count += 1.0;
+        let l = to_host(&fm_loss(&v, &interpolant, data, &t, &eps)?)?;
+        let e = to_host(&fm_elbo(&v, &interpolant, data, &t, &eps, &delta, weighting)?.elbo()?)?;
+        for i in 0..n {
+            loss[i] += l[i] / draws as f64;
+            elbo[i] += e[i] / draws as f64;
         }
     }
-    let mean = sum / count;
-    let var = (sq / count - mean * mean).max(0.0);
-    Ok((mean, (var / count).sqrt()))
+    Ok(FmEvaluation {
+        loss: mean_se(&loss),
+        elbo: mean_se(&elbo),
+    })
 }
 
-/// The plain MSE loss at one `(t, ε)` per point, and the validation loss with the monitored
-/// ELBO `reconstruction − KL − 2 L_FM` (`MATH.md` §8).
+/// The reference's plain MSE at one `(t, ε)` per point (or, with learned widths or the σ
+/// weighting, the negative FM ELBO), and the validation loss and ELBO (`MATH.md` §8).
 pub struct FmObjective {
     /// The model.
     pub model: FmModel,
     /// Draws per validation point.
     pub val_draws: usize,
-    /// The likelihood width of the monitored ELBO.
+    /// The likelihood width of the ELBO.
     pub delta: f64,
+    /// The ELBO's weighting.
+    pub weighting: FmWeighting,
+    /// Train on the plain MSE (the reference) rather than the negative ELBO.
+    pub plain_loss: bool,
 }
 
 impl Objective for FmObjective {
@@ -186,26 +251,35 @@ impl Objective for FmObjective {
 
     fn loss(&mut self, batch: &Tensor, rng: &mut TrainRng) -> Result<BatchLoss> {
         let (t, eps) = draw_t_eps(rng, batch.dim(0)?, None, batch.dtype(), batch.device())?;
-        let l = fm_loss(
-            &self.model.velocity,
-            &self.model.interpolant,
-            batch,
-            &t,
-            &eps,
-        )?;
-        Ok(BatchLoss::new(l.mean_all()?))
+        let (v, it) = (&self.model.velocity, &self.model.interpolant);
+        if self.plain_loss {
+            let l = fm_loss(v, it, batch, &t, &eps)?;
+            return Ok(BatchLoss::new(l.mean_all()?));
+        }
+        let delta = Tensor::full(self.delta, (1, 1), batch.device())?.to_dtype(batch.dtype())?;
+        let terms = fm_elbo(v, it, batch, &t, &eps, &delta, self.weighting)?;
+        Ok(BatchLoss::new(terms.elbo()?.mean_all()?.neg()?))
     }
 
     fn validate(&mut self, data: &Tensor, rng: &mut TrainRng) -> Result<Validation> {
-        let (l, se) = evaluate_loss(&self.model, data, self.val_draws, rng)?;
-        let it = &self.model.interpolant;
-        let elbo = it.reconstruction(self.delta) + it.neg_prior_kl() - 2.0 * l;
-        Ok(Validation {
-            metrics: vec![
-                Metric::lower("fm_loss", l, Some(se)),
-                Metric::higher("elbo", elbo, Some(2.0 * se)),
-            ],
-        })
+        let e = evaluate(
+            &self.model,
+            data,
+            self.val_draws,
+            self.delta,
+            self.weighting,
+            rng,
+        )?;
+        let mut metrics = vec![
+            Metric::lower("fm_loss", e.loss.0, Some(e.loss.1)),
+            Metric::higher("elbo", e.elbo.0, Some(e.elbo.1)),
+        ];
+        if self.model.interpolant.is_learned() {
+            let (b0, b1) = self.model.interpolant.betas();
+            metrics.push(Metric::lower("beta0", b0, None));
+            metrics.push(Metric::lower("beta1", b1, None));
+        }
+        Ok(Validation { metrics })
     }
 }
 
@@ -219,10 +293,11 @@ pub struct FmOutcome {
     /// Exact validation log-likelihood through the probability-flow ODE (RK4), and its
     /// standard error over points.
     pub val_log_likelihood: (f64, f64),
-    /// The final validation flow-matching loss and its standard error.
-    pub val_loss: (f64, f64),
-    /// The monitored ELBO `reconstruction − KL − 2 L_FM` with likelihood width `δ`.
-    pub val_elbo: f64,
+    /// The final validation flow-matching loss and ELBO, with standard errors (20 draws per
+    /// point).
+    pub val: FmEvaluation,
+    /// The interpolant's final `(β₀, β₁)` (the fixed ones unless learned).
+    pub betas: (f64, f64),
     /// Generated samples: the probability-flow ODE (RK4) from `N(0, 1)`.
     pub samples: Vec<f64>,
     /// Kolmogorov–Smirnov distance between the samples and the validation set.
@@ -239,7 +314,7 @@ pub struct FmOutcome {
 /// Runs the flow-matching experiment: trains, evaluates the exact likelihood, samples.
 ///
 /// # Errors
-/// Bad settings; `β₀ ≠ 1` (the CNF's prior is `N(0, 1)`) for the likelihood.
+/// Bad settings.
 pub fn run(
     config: &FmConfig,
     data: &Dataset,
@@ -247,17 +322,12 @@ pub fn run(
     on_epoch: impl FnMut(&Evaluation),
 ) -> Result<FmOutcome> {
     let model = build_model(config, device)?;
-    if config.betas.0 != 1.0 {
-        return Err(Error::invalid(
-            "betas",
-            format!("{:?}", config.betas),
-            "the exact likelihood needs the standard prior, beta0 = 1",
-        ));
-    }
     let mut objective = FmObjective {
         model: model.clone(),
         val_draws: config.val_draws,
         delta: config.delta,
+        weighting: config.weighting,
+        plain_loss: config.plain_loss(),
     };
     let history = train(
         &mut objective,
@@ -273,9 +343,7 @@ pub fn run(
     let flow = model.flow()?;
     let val_log_likelihood = mean_log_likelihood(&flow, &val, OdeMethod::Rk4, config.n_steps)?;
     let mut rng = TrainRng::seed_from_u64(config.train.seed ^ 0xf10_e7a1);
-    let val_loss = evaluate_loss(&model, &val, 20, &mut rng)?;
-    let it = &model.interpolant;
-    let val_elbo = it.reconstruction(config.delta) + it.neg_prior_kl() - 2.0 * val_loss.0;
+    let val_eval = evaluate(&model, &val, 20, config.delta, config.weighting, &mut rng)?;
     let last = flow.detached()?.sample(
         config.n_samples,
         OdeMethod::Rk4,
@@ -286,7 +354,7 @@ pub fn run(
     let samples = last_to_host(&last)?;
     let ks = ks_distance(&samples, &data.validation);
     let velocity = model.velocity.detached()?;
-    let flow_sde = FlowSde::new(&velocity, model.interpolant, 1.0)?;
+    let flow_sde = FlowSde::new(&velocity, model.interpolant.detached()?, 1.0)?;
     let sde_samples = last_to_host(&sample_sde(
         &flow_sde,
         config.n_samples,
@@ -296,12 +364,13 @@ pub fn run(
         false,
     )?)?;
     let sde_ks = ks_distance(&sde_samples, &data.validation);
+    let betas = model.interpolant.betas();
     Ok(FmOutcome {
         model,
         history,
         val_log_likelihood,
-        val_loss,
-        val_elbo,
+        val: val_eval,
+        betas,
         samples,
         ks,
         sde_samples,

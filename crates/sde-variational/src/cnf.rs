@@ -25,6 +25,7 @@ const LN_2PI: f64 = 1.837_877_066_409_345_3;
 pub struct NeuralOde {
     mlp: Mlp,
     probe: Option<Tensor>,
+    prior_scale: f64,
 }
 
 impl NeuralOde {
@@ -37,7 +38,37 @@ impl NeuralOde {
                 "a field on R^d needs input d + 1 ([x, t]) and output d",
             ));
         }
-        Ok(Self { mlp, probe: None })
+        Ok(Self {
+            mlp,
+            probe: None,
+            prior_scale: 1.0,
+        })
+    }
+
+    /// The same ODE from the prior `N(0, s² I)` instead of `N(0, I)` (e.g. flow matching with
+    /// `β₀ ≠ 1`, whose velocity transports `N(0, β₀²)`).
+    ///
+    /// # Errors
+    /// `s` not finite and positive.
+    pub fn with_prior_scale(mut self, s: f64) -> Result<Self> {
+        if !(s.is_finite() && s > 0.0) {
+            return Err(Error::invalid(
+                "prior_scale",
+                s,
+                "must be finite and positive",
+            ));
+        }
+        self.prior_scale = s;
+        Ok(self)
+    }
+
+    /// `log N(x₀; 0, s² I)` per row of `x0` `(batch, d)`.
+    fn log_prior(&self, x0: &Tensor) -> Result<Tensor> {
+        let (s, d) = (self.prior_scale, x0.dim(1)? as f64);
+        Ok(x0
+            .sqr()?
+            .sum_keepdim(1)?
+            .affine(-0.5 / (s * s), -0.5 * d * LN_2PI - d * s.ln())?)
     }
 
     /// A copy that builds no gradient graph (see [`Mlp::detached`]): for evaluation.
@@ -45,6 +76,7 @@ impl NeuralOde {
         Ok(Self {
             mlp: self.mlp.detached()?,
             probe: self.probe.clone(),
+            prior_scale: self.prior_scale,
         })
     }
 
@@ -82,6 +114,7 @@ impl NeuralOde {
         Ok(Self {
             mlp: self.mlp.clone(),
             probe: Some(probe),
+            prior_scale: self.prior_scale,
         })
     }
 
@@ -100,7 +133,7 @@ impl NeuralOde {
 
     /// `log p_1(y)` per sample, `(batch, 1)`, for data `ys` of shape `(batch, d)`:
     /// integrate from t = 1 to t = 0 on `n_steps` uniform steps of `method`, then add the
-    /// standard-normal prior's log-density of the end point.
+    /// prior's log-density of the end point.
     pub fn log_likelihood(&self, ys: &Tensor, method: OdeMethod, n_steps: usize) -> Result<Tensor> {
         let (batch, d) = ys.dims2()?;
         if d != self.dim() {
@@ -126,20 +159,14 @@ impl NeuralOde {
             let field = FusedAugmented { mlp: &self.mlp };
             let start = Tensor::cat(&[ys, &zero], 1)?;
             let end = method.solve(&field, start, &grid, false)?.into_last();
-            let x0 = end.narrow(1, 0, 1)?;
-            let log_p0 = x0.sqr()?.affine(-0.5, -0.5 * LN_2PI)?;
+            let log_p0 = self.log_prior(&end.narrow(1, 0, 1)?)?;
             return Ok(log_p0.add(&end.narrow(1, 1, 1)?)?);
         }
         let sol = cnf::integrate(method, self, ys.clone(), zero, &grid)?;
-        let log_p0 = sol
-            .x_end
-            .sqr()?
-            .sum_keepdim(1)?
-            .affine(-0.5, -0.5 * d as f64 * LN_2PI)?;
-        Ok(log_p0.add(&sol.divergence_integral)?)
+        Ok(self.log_prior(&sol.x_end)?.add(&sol.divergence_integral)?)
     }
 
-    /// Samples of the model: `x_0 ~ N(0, I)` drawn from `rng`, integrated from t = 0 to t = 1.
+    /// Samples of the model: `x_0 ~ N(0, s² I)` drawn from `rng`, integrated from t = 0 to t = 1.
     /// With `record`, every grid state is returned (paths for figures); else only the last.
     pub fn sample<R: Rng + ?Sized>(
         &self,
@@ -154,7 +181,8 @@ impl NeuralOde {
             &[n, self.dim()],
             self.mlp.dtype(),
             self.mlp.device(),
-        )?;
+        )?
+        .affine(self.prior_scale, 0.0)?;
         let grid = TimeGrid::uniform(0.0, 1.0, n_steps)?;
         let sol = method.solve(self, x0, &grid, record)?;
         Ok(sol.states().to_vec())

@@ -3,26 +3,39 @@
 //! `q_t(x | y) = N(t y, β_t²)`, whose conditional velocity (the ODE drift of eq. 40 at
 //! `x = α + β ε`) is the regression target `u = y + (β₁ − β₀) ε`.
 //!
-//! The loss `L_FM = E |v_θ(x_t, t) − u|²` trains a velocity field; as an SDE its ELBO has the
-//! closed-form terms `−KL(q₀ ‖ N(0,1)) = ½ (log β₀² + 1 − β₀²)`,
-//! `E_{q₁}[log N(y; x₁, δ²)] = −½ (β₁²/δ² + log 2πδ²)` and the diffusion term `2 L_FM` (when
-//! the reverse drift does not depend on `y`, as for the reference `β₁ = 0`). With `β₁ → 0` the
-//! reconstruction diverges, so flow matching is judged by its exact likelihood through the
-//! probability-flow ODE ([`crate::NeuralOde`]).
+//! The loss `L_FM = E |v_θ(x_t, t) − u|²` trains a velocity field; as an SDE `f = 2 v − f_q,bwd`
+//! its ELBO ([`fm_elbo`]) has the closed-form terms `−KL(q₀ ‖ N(0,1)) = ½ (log β₀² + 1 − β₀²)`,
+//! `E_{q₁}[log N(y; x₁, δ²)] = −½ (β₁²/δ² + log 2πδ²)` and the diffusion term `2 |v − u|²/σ²`.
+//! That last identity needs a reverse drift free of `y`, which holds for exactly one diffusion,
+//! `σ²(t) = 2 β₀ β_t / t` ([`Interpolant::y_free_sigma2`]); with the reference's `σ ≡ 1` the
+//! monitored `reconstruction − KL − 2 L_FM` is not the ELBO of any SDE. The reference's
+//! `β₁ = 0` also needs a vanishing likelihood width to score well, so flow matching is judged by
+//! its exact likelihood through the probability-flow ODE ([`crate::NeuralOde`]).
+//!
+//! The widths `β₀, β₁` are fixed ([`Interpolant::new`]) or learned ([`Interpolant::learned`]),
+//! trained then on the negative σ-weighted ELBO, a true bound.
 
-use candle_core::Tensor;
+use candle_core::{DType, Device, Tensor, Var};
 
+use crate::elbo::ElboTerms;
 use crate::engine::value_and_tangents;
 use crate::error::{Error, Result};
-use crate::mlp::{Mlp, Time};
+use crate::mlp::{softplus, Mlp, Time};
 use crate::process::{GaussianMarginal, GaussianProcess, LN_2PI};
 
 /// The interpolant `x_t = t y + β_t ε` with `β_t = (1 − t) β₀ + t β₁` (reference: `β₀ = 1`,
-/// `β₁ = 0`, so the prior is `N(0, β₀²)`).
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// `β₁ = 0`, so the prior is `N(0, β₀²)`). The widths are fixed numbers
+/// ([`Interpolant::new`]) or learned ([`Interpolant::learned`]: `β = softplus(θ)` for two
+/// `(1, 1)` variables, trained through [`fm_elbo`]).
+#[derive(Debug, Clone)]
 pub struct Interpolant {
-    beta0: f64,
-    beta1: f64,
+    betas: Betas,
+}
+
+#[derive(Debug, Clone)]
+enum Betas {
+    Fixed(f64, f64),
+    Learned { raw0: Var, raw1: Var },
 }
 
 impl Interpolant {
@@ -31,38 +44,109 @@ impl Interpolant {
     /// # Errors
     /// `beta0` not finite and positive, `beta1` not finite and non-negative.
     pub fn new(beta0: f64, beta1: f64) -> Result<Self> {
-        if !(beta0.is_finite() && beta0 > 0.0) {
-            return Err(Error::invalid(
-                "beta0",
-                beta0,
-                "must be finite and positive",
-            ));
-        }
-        if !(beta1.is_finite() && beta1 >= 0.0) {
-            return Err(Error::invalid(
-                "beta1",
-                beta1,
-                "must be finite and non-negative",
-            ));
-        }
-        Ok(Self { beta0, beta1 })
+        check_betas(beta0, beta1, false)?;
+        Ok(Self {
+            betas: Betas::Fixed(beta0, beta1),
+        })
     }
 
-    /// `(β₀, β₁)`.
+    /// An interpolant whose widths are learned, starting from `(beta0, beta1)`: `β = softplus(θ)`
+    /// with `θ` two `(1, 1)` variables of `dtype` (returned, for the optimiser).
+    ///
+    /// # Errors
+    /// `beta0` or `beta1` not finite and positive (the softplus never reaches 0, and the ELBO's
+    /// reconstruction and weighting need `β₁ > 0`).
+    pub fn learned(
+        beta0: f64,
+        beta1: f64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Self, [Var; 2])> {
+        check_betas(beta0, beta1, true)?;
+        // θ = softplus⁻¹(β) = ln(e^β − 1).
+        let var = |b: f64| -> Result<Var> {
+            let raw = b.exp_m1().ln();
+            Ok(Var::from_tensor(
+                &Tensor::full(raw, (1, 1), device)?.to_dtype(dtype)?,
+            )?)
+        };
+        let (raw0, raw1) = (var(beta0)?, var(beta1)?);
+        let vars = [raw0.clone(), raw1.clone()];
+        Ok((
+            Self {
+                betas: Betas::Learned { raw0, raw1 },
+            },
+            vars,
+        ))
+    }
+
+    /// Whether the widths are learned.
+    pub fn is_learned(&self) -> bool {
+        matches!(self.betas, Betas::Learned { .. })
+    }
+
+    /// `(β₀, β₁)`: their current values.
     pub fn betas(&self) -> (f64, f64) {
-        (self.beta0, self.beta1)
+        match &self.betas {
+            Betas::Fixed(b0, b1) => (*b0, *b1),
+            Betas::Learned { raw0, raw1 } => {
+                let value = |raw: &Var| -> f64 {
+                    softplus(raw.as_tensor())
+                        .and_then(|b| {
+                            Ok(b.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
+                        })
+                        .map(|v| v[0])
+                        .unwrap_or(f64::NAN)
+                };
+                (value(raw0), value(raw1))
+            }
+        }
+    }
+
+    /// A copy with the widths' current values, fixed: builds no gradient graph.
+    pub fn detached(&self) -> Result<Self> {
+        let (b0, b1) = self.betas();
+        Self::new(b0, b1)
+    }
+
+    /// `(β₀, β₁)` as `(1, 1)` tensors of `dtype` (with gradients to the variables when learned).
+    fn beta_tensors(&self, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+        match &self.betas {
+            Betas::Fixed(b0, b1) => {
+                let full = |b: f64| -> Result<Tensor> {
+                    Ok(Tensor::full(b, (1, 1), device)?.to_dtype(dtype)?)
+                };
+                Ok((full(*b0)?, full(*b1)?))
+            }
+            Betas::Learned { raw0, raw1 } => Ok((
+                softplus(raw0.as_tensor())?.to_dtype(dtype)?,
+                softplus(raw1.as_tensor())?.to_dtype(dtype)?,
+            )),
+        }
     }
 
     /// `−KL(q₀ ‖ N(0, 1)) = ½ (log β₀² + 1 − β₀²)` (the same for every data point).
     pub fn neg_prior_kl(&self) -> f64 {
-        let b2 = self.beta0 * self.beta0;
+        let b2 = self.betas().0.powi(2);
         0.5 * (b2.ln() + 1.0 - b2)
+    }
+
+    /// The diffusion `σ²(t) = 2 β₀ β_t / t` under which the interpolant's reverse-time drift
+    /// `f_q,bwd = x / t` does not depend on `y` (`MATH.md` §8): the coefficient of `y` in
+    /// `f_q,bwd = y + (β̇/β)(x − t y) + ½ σ² (x − t y)/β²` is `1 − t β̇/β − t σ²/(2β²)`, and
+    /// `β_t − t β̇ = β₀`. With it the FM ELBO's diffusion term is `2 |v − u|² / σ²`
+    /// ([`fm_elbo`]). Infinite at t = 0, zero at t = 1 when `β₁ = 0`.
+    pub fn y_free_sigma2(&self, t: &Tensor) -> Result<Tensor> {
+        let (b0, b1) = self.beta_tensors(t.dtype(), t.device())?;
+        let beta_t = t.broadcast_mul(&(&b1 - &b0)?)?.broadcast_add(&b0)?;
+        Ok((beta_t.broadcast_mul(&b0)? / t)?.affine(2.0, 0.0)?)
     }
 
     /// `(β_t, β̇ / β_t, c_t = 1 − t β̇/β_t)` at `t`.
     fn coefficients(&self, t: f64) -> (f64, f64, f64) {
-        let beta = (1.0 - t) * self.beta0 + t * self.beta1;
-        let r = (self.beta1 - self.beta0) / beta;
+        let (b0, b1) = self.betas();
+        let beta = (1.0 - t) * b0 + t * b1;
+        let r = (b1 - b0) / beta;
         (beta, r, 1.0 - t * r)
     }
 
@@ -112,25 +196,43 @@ impl Interpolant {
 
     /// `E_{q₁}[log N(y; x₁, δ²)] = −½ (β₁²/δ² + log 2πδ²)` (the same for every data point).
     pub fn reconstruction(&self, delta: f64) -> f64 {
-        -0.5 * (self.beta1 * self.beta1 / (delta * delta) + (delta * delta).ln() + LN_2PI)
+        let b1 = self.betas().1;
+        -0.5 * (b1 * b1 / (delta * delta) + (delta * delta).ln() + LN_2PI)
     }
 }
 
 impl GaussianProcess for Interpolant {
     fn marginal(&self, y: &Tensor, t: Time<'_>, derivatives: bool) -> Result<GaussianMarginal> {
-        let (b0, b1) = (self.beta0, self.beta1);
-        let (alpha, beta) = match t {
-            Time::Scalar(t) => (
+        let (alpha, beta, dbeta) = match (&self.betas, t) {
+            // Fixed widths: scalar coefficients (two ops fewer per flow-matching step).
+            (Betas::Fixed(b0, b1), Time::Scalar(t)) => (
                 y.affine(t, 0.0)?,
-                Tensor::full((1.0 - t) * b0 + t * b1, y.dims(), y.device())?.to_dtype(y.dtype())?,
+                y.ones_like()?.affine((1.0 - t) * b0 + t * b1, 0.0)?,
+                y.ones_like()?.affine(b1 - b0, 0.0)?,
             ),
-            Time::PerSample(ts) => ((ts * y)?, ts.affine(b1 - b0, b0)?),
+            (Betas::Fixed(b0, b1), Time::PerSample(ts)) => (
+                (ts * y)?,
+                ts.affine(b1 - b0, *b0)?,
+                y.ones_like()?.affine(b1 - b0, 0.0)?,
+            ),
+            // Learned widths: the same line through (1, 1) tensors, so gradients reach them.
+            (Betas::Learned { .. }, t) => {
+                let (b0, b1) = self.beta_tensors(y.dtype(), y.device())?;
+                let slope = (&b1 - &b0)?;
+                let (alpha, beta) = match t {
+                    Time::Scalar(t) => (
+                        y.affine(t, 0.0)?,
+                        slope.affine(t, 0.0)?.add(&b0)?.broadcast_as(y.dims())?,
+                    ),
+                    Time::PerSample(ts) => {
+                        ((ts * y)?, ts.broadcast_mul(&slope)?.broadcast_add(&b0)?)
+                    }
+                };
+                (alpha, beta, slope.broadcast_as(y.dims())?)
+            }
         };
         let (dalpha_dt, dbeta_dt) = if derivatives {
-            (
-                Some(y.clone()),
-                Some(Tensor::full(b1 - b0, y.dims(), y.device())?.to_dtype(y.dtype())?),
-            )
+            (Some(y.clone()), Some(dbeta))
         } else {
             (None, None)
         };
@@ -141,6 +243,31 @@ impl GaussianProcess for Interpolant {
             dbeta_dt,
         })
     }
+}
+
+fn check_betas(beta0: f64, beta1: f64, learned: bool) -> Result<()> {
+    if !(beta0.is_finite() && beta0 > 0.0) {
+        return Err(Error::invalid(
+            "beta0",
+            beta0,
+            "must be finite and positive",
+        ));
+    }
+    if learned && !(beta1.is_finite() && beta1 > 0.0) {
+        return Err(Error::invalid(
+            "beta1",
+            beta1,
+            "must be finite and positive when learned (β = softplus(θ) never reaches 0)",
+        ));
+    }
+    if !(beta1.is_finite() && beta1 >= 0.0) {
+        return Err(Error::invalid(
+            "beta1",
+            beta1,
+            "must be finite and non-negative",
+        ));
+    }
+    Ok(())
 }
 
 /// The flow-matching loss per row, `|v(x_t, t) − u|²` with `x_t = t y + β_t ε` and
@@ -240,4 +367,47 @@ pub fn fm_loss_weighted(
     sigma2: &Tensor,
 ) -> Result<Tensor> {
     Ok(fm_loss(v, interpolant, y, t, eps)?.broadcast_div(sigma2)?)
+}
+
+/// How [`fm_elbo`]'s diffusion term weights the squared velocity error `|v − u|²`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FmWeighting {
+    /// `σ ≡ 1`, the plain MSE of the reference: `reconstruction − KL − 2 L_FM` is then the
+    /// quantity the reference code monitors, a bound only where the reverse drift does not
+    /// depend on `y`.
+    #[default]
+    Unit,
+    /// `σ²(t) = 2 β₀ β_t / t` ([`Interpolant::y_free_sigma2`]): the reverse drift does not
+    /// depend on `y`, and the terms are the SDE ELBO of `f = 2 v − x/t` with this diffusion.
+    YFree,
+}
+
+/// The flow-matching ELBO's terms per row (`MATH.md` §8) for data `y`, times `t` and normals
+/// `eps` (all `(B, 1)`), likelihood `N(y; x₁, δ²)` of width `delta` (`(1, 1)` or `(B, 1)`):
+/// reconstruction and `KL(q₀ ‖ N(0, 1))` in closed form from the interpolant's marginals (the
+/// general [`GaussianMarginal`] formulas), and the diffusion term `2 |v − u|² / σ²` with `σ²` as
+/// `weighting` says. With a learned interpolant every term carries gradients to `β₀, β₁`: its
+/// negative mean is the loss that learns them.
+pub fn fm_elbo(
+    v: &Mlp,
+    interpolant: &Interpolant,
+    y: &Tensor,
+    t: &Tensor,
+    eps: &Tensor,
+    delta: &Tensor,
+    weighting: FmWeighting,
+) -> Result<ElboTerms> {
+    let q1 = interpolant.marginal(y, Time::Scalar(1.0), false)?;
+    let q0 = interpolant.marginal(y, Time::Scalar(0.0), false)?;
+    let sq = match weighting {
+        FmWeighting::Unit => fm_loss(v, interpolant, y, t, eps)?,
+        FmWeighting::YFree => {
+            fm_loss_weighted(v, interpolant, y, t, eps, &interpolant.y_free_sigma2(t)?)?
+        }
+    };
+    Ok(ElboTerms {
+        reconstruction: q1.expected_gaussian_log_likelihood(y, delta)?,
+        prior_kl: q0.kl_to_standard_normal()?,
+        diffusion: sq.affine(2.0, 0.0)?,
+    })
 }

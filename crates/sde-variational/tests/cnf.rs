@@ -134,3 +134,35 @@ fn bad_input_is_an_error() {
         .to_string();
     assert!(e.contains("non-finite"), "{e}");
 }
+
+#[test]
+fn a_scaled_prior_is_the_zero_fields_density_and_still_integrates_to_one() {
+    let xs: Vec<f64> = (0..=1200)
+        .map(|i| -12.0 + 24.0 * i as f64 / 1200.0)
+        .collect();
+    let t = Tensor::from_slice(&xs, (xs.len(), 1), &Device::Cpu).unwrap();
+    let ll = |model: &NeuralOde| -> Vec<f64> {
+        model
+            .log_likelihood(&t, OdeMethod::Rk4, 50)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    for s in [0.6, 2.0] {
+        let model = random_ode(5, DType::F64).with_prior_scale(s).unwrap();
+        let h = xs[1] - xs[0];
+        let mass: f64 = ll(&model).iter().map(|l| l.exp()).sum::<f64>() * h;
+        assert!((mass - 1.0).abs() < 1e-4, "s = {s}: mass {mass}");
+        // A network with zero weights has v = 0: the density is the prior N(0, s²).
+        let mlp = model.mlp();
+        let zeros = Mlp::from_flat(mlp.config(), mlp.params().zeros_like().unwrap()).unwrap();
+        let zero = NeuralOde::new(zeros).unwrap().with_prior_scale(s).unwrap();
+        for (x, l) in xs.iter().zip(ll(&zero)) {
+            let exact = -0.5 * (x / s).powi(2) - 0.5 * (2.0 * std::f64::consts::PI).ln() - s.ln();
+            assert!((l - exact).abs() < 1e-12, "x = {x}: {l} vs {exact}");
+        }
+    }
+    assert!(random_ode(5, DType::F64).with_prior_scale(0.0).is_err());
+}
