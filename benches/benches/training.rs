@@ -1,12 +1,12 @@
 //! One optimiser step of each training shape the paper's models use, all on 2-64-64-1 tanh
-//! networks at batch 125 (REFERENCE.md, "Shared setting"), forward + backward + Adam:
+//! networks at batch 125 (docs/REFERENCE.md, "Shared setting"), forward + backward + Adam:
 //!
-//! - `train_step_ode`: the ODE experiment (REFERENCE.md §1), 99 RK2 steps of the augmented CNF,
+//! - `train_step_ode`: the ODE experiment (docs/REFERENCE.md §1), 99 RK2 steps of the augmented CNF,
 //!   198 engine evaluations of `[v, ∂v/∂x]` at scalar times. Reference PyTorch: 84 ms.
 //! - `train_step_mlp`: one plain evaluation at one time per row and a squared error (the
-//!   flow-matching shape, REFERENCE.md §4). Reference PyTorch: 0.71 ms; candle's generic path
+//!   flow-matching shape, docs/REFERENCE.md §4). Reference PyTorch: 0.71 ms; candle's generic path
 //!   about 0.42 ms.
-//! - `train_step_sde`: the SDE shape (REFERENCE.md §2): the networks `A(y, t)`, `B(y, t)` with
+//! - `train_step_sde`: the SDE shape (docs/REFERENCE.md §2): the networks `A(y, t)`, `B(y, t)` with
 //!   `∂/∂t` tangents, the softplus diffusion `σ(x, t)` with `∂/∂x`, the drift `f(x, t)`, and the
 //!   drift-matching term built from them. Reference PyTorch: 3.9 ms.
 //!
@@ -105,7 +105,7 @@ fn mlp_step(c: &mut Criterion) {
     group.finish();
 }
 
-/// The SDE experiment's drift-matching term (MATH.md §4–5) with the reference
+/// The SDE experiment's drift-matching term (docs/MATH.md §4–5) with the reference
 /// parameterisation: `α = t y + (1 − t) A`, `β = t β₁ + (1 − t) softplus(B)`, `x = α + β ε`,
 /// `f_q = ∂α/∂t + (∂β/∂t / β)(x − α) + ½ ∂σ²/∂x − ½ σ² (x − α)/β²`, loss `(f − f_q)² / 2σ²`.
 fn sde_step(c: &mut Criterion) {

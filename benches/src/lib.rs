@@ -2,7 +2,7 @@
 //!
 //! Shared setup for the Criterion benchmarks in `benches/solvers.rs` (run them with
 //! `cargo bench -p sde-benches`, or `cargo xtask bench` for a summary against the reference
-//! timings in `REFERENCE-TIMINGS.md`). This package sits beside the layers, on top of
+//! timings in `docs/REFERENCE-TIMINGS.md`). This package sits beside the layers, on top of
 //! `sde-core` and `sde-solvers`, and nothing depends on it.
 //!
 //! What is measured, all single-threaded, throughput in elements (paths × steps) per second:
@@ -20,7 +20,7 @@
 //!
 //! Everything runs on one thread ([`single_threaded`] pins candle's elementwise thread pool).
 //! Sizes come from [`Sizes::from_env`]: the reference problem (100,000 paths × 1,000 steps,
-//! as in `REFERENCE-TIMINGS.md`) or, with `SDE_BENCH_QUICK=1`, a short CI suite of
+//! as in `docs/REFERENCE-TIMINGS.md`) or, with `SDE_BENCH_QUICK=1`, a short CI suite of
 //! 10,000 paths × 100 steps.
 //!
 //! ```
@@ -62,7 +62,7 @@ pub struct Sizes {
 }
 
 impl Sizes {
-    /// The reference problem of `REFERENCE-TIMINGS.md`: 100,000 paths × 1,000 steps.
+    /// The reference problem of `docs/REFERENCE-TIMINGS.md`: 100,000 paths × 1,000 steps.
     pub fn full() -> Self {
         Self {
             n_paths: 100_000,
@@ -134,7 +134,7 @@ pub fn single_threaded() {
     }
 }
 
-/// The benchmark SDE of `REFERENCE-TIMINGS.md`: `dX = −X dt + 0.5 dW`.
+/// The benchmark SDE of `docs/REFERENCE-TIMINGS.md`: `dX = −X dt + 0.5 dW`.
 pub fn ou() -> OrnsteinUhlenbeck {
     OrnsteinUhlenbeck::new(1.0, 0.5).expect("valid constants")
 }

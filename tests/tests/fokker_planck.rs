@@ -1,4 +1,4 @@
-//! The 1-D Fokker–Planck solver against closed-form marginals (`MATH.md` §2): the
+//! The 1-D Fokker–Planck solver against closed-form marginals (`docs/MATH.md` §2): the
 //! Ornstein–Uhlenbeck process from a Gaussian start, and Gaussian-mixture paths turned into
 //! SDEs by the ODE → SDE identity `f_fwd = f_ode + ½ ∂_x D + ½ D ∂_x log p_t`, whose marginals
 //! are the mixture itself for any diffusion. Plus the checks at the boundary of the API.

@@ -1,5 +1,5 @@
 //! Same marginals three ways: an OU process started from a Gaussian, its probability-flow ODE
-//! and its reverse-time SDE all reproduce the exact marginals (`MATH.md` §2).
+//! and its reverse-time SDE all reproduce the exact marginals (`docs/MATH.md` §2).
 
 use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;

@@ -7,7 +7,7 @@
 //! - for the Euler–Maruyama benchmarks, the ratio (time per path-step) / (time per normal) of
 //!   the same dtype: how far a step is from the floor set by the normal generator;
 //! - Euler–Maruyama against the peers measured on one core of the same machine kind
-//!   (`REFERENCE-TIMINGS.md`: OU, 100,000 paths × 1,000 steps, float32).
+//!   (`docs/REFERENCE-TIMINGS.md`: OU, 100,000 paths × 1,000 steps, float32).
 //!
 //! Only results written by this run are summarised (by file time), so a quick run never
 //! mixes with an older full one; `--no-run` summarises the newest stored result of each
@@ -42,7 +42,7 @@ pub struct Args {
 
 /// Euler–Maruyama throughput of other implementations on one core of the reference machine
 /// kind, float32, OU `dX = −X dt + 0.5 dW`, 100,000 paths × 1,000 steps, in path-steps per
-/// second (`REFERENCE-TIMINGS.md`).
+/// second (`docs/REFERENCE-TIMINGS.md`).
 pub const PEERS: [(&str, f64); 4] = [
     ("PyTorch loop", 3.1e8),
     ("diffrax (jit)", 2.1e8),
@@ -432,7 +432,7 @@ fn to_markdown(s: &Summary) -> String {
     if !s.em_vs_peers.is_empty() {
         md.push_str(
             "\n## Euler–Maruyama against other implementations\n\n\
-             Peers from `REFERENCE-TIMINGS.md`: one core of the same machine kind, float32, \
+             Peers from `docs/REFERENCE-TIMINGS.md`: one core of the same machine kind, float32, \
              OU dX = −X dt + 0.5 dW, 100,000 paths × 1,000 steps. Cells are our speed over \
              theirs (> 1: faster); compare the `f32` rows of the full suite.\n\n",
         );

@@ -1,4 +1,4 @@
-//! `cargo xtask reproduce`: the paper's experiments end to end (REFERENCE.md), with a
+//! `cargo xtask reproduce`: the paper's experiments end to end (docs/REFERENCE.md), with a
 //! progress bar, a printed summary, `report.json` and figures under `target/reproduce/`.
 
 use std::fs;
@@ -45,13 +45,13 @@ pub struct Args {
 /// The models `cargo xtask reproduce` can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Model {
-    /// The continuous normalizing flow (REFERENCE.md §1).
+    /// The continuous normalizing flow (docs/REFERENCE.md §1).
     Ode,
-    /// The SDE with a Gaussian variational process (REFERENCE.md §2).
+    /// The SDE with a Gaussian variational process (docs/REFERENCE.md §2).
     Sde,
-    /// The variational diffusion model (REFERENCE.md §3).
+    /// The variational diffusion model (docs/REFERENCE.md §3).
     Vdm,
-    /// Flow matching, judged by its exact likelihood (REFERENCE.md §4).
+    /// Flow matching, judged by its exact likelihood (docs/REFERENCE.md §4).
     Fm,
     /// Denoising score matching on the VP process (VDM's network and budget).
     Sm,
@@ -59,7 +59,7 @@ pub enum Model {
     FmElbo,
 }
 
-/// Population expected log-likelihood of the paper's mixture (MATH.md §9).
+/// Population expected log-likelihood of the paper's mixture (docs/MATH.md §9).
 const POPULATION_LL: f64 = -2.98755;
 
 pub fn run(args: Args) -> Result<()> {
@@ -71,7 +71,7 @@ pub fn run(args: Args) -> Result<()> {
     let train_true = mixture.mean_log_likelihood(&data.train);
     let val_true = mixture.mean_log_likelihood(&data.validation);
     println!(
-        "data: {} train / {} validation points; true log-likelihood of the validation sample {val_true:.4} (population {population:.5}, MATH.md {POPULATION_LL})",
+        "data: {} train / {} validation points; true log-likelihood of the validation sample {val_true:.4} (population {population:.5}, docs/MATH.md {POPULATION_LL})",
         data.train.len(),
         data.validation.len()
     );
@@ -148,7 +148,7 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// The ODE experiment (REFERENCE.md §1): trains, evaluates, draws its figures; returns its
+/// The ODE experiment (docs/REFERENCE.md §1): trains, evaluates, draws its figures; returns its
 /// part of the report.
 fn run_ode(
     args: &Args,
@@ -254,7 +254,7 @@ const Y_COLORS: [(u8, u8, u8); 5] = [
     (130, 50, 160),
 ];
 
-/// The SDE experiment (REFERENCE.md §2): trains, evaluates the validation ELBO with many
+/// The SDE experiment (docs/REFERENCE.md §2): trains, evaluates the validation ELBO with many
 /// draws, samples, draws its figures; returns its part of the report.
 fn run_sde(
     args: &Args,
@@ -395,7 +395,7 @@ fn run_sde(
     }))
 }
 
-/// The VDM experiment (REFERENCE.md §3): trains, evaluates the validation ELBO with many draws,
+/// The VDM experiment (docs/REFERENCE.md §3): trains, evaluates the validation ELBO with many draws,
 /// samples, draws its figures; returns its part of the report.
 fn run_vdm(
     args: &Args,
@@ -510,7 +510,7 @@ fn run_vdm(
     }))
 }
 
-/// The flow-matching experiment (REFERENCE.md §4): trains, evaluates the exact likelihood
+/// The flow-matching experiment (docs/REFERENCE.md §4): trains, evaluates the exact likelihood
 /// through the probability-flow ODE, samples, draws its figures; returns its part of the report.
 fn run_fm(
     args: &Args,

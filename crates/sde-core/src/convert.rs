@@ -1,4 +1,4 @@
-//! ODE ↔ SDE conversion through the Fokker–Planck identities (`MATH.md` §2, paper eq. 11–20).
+//! ODE ↔ SDE conversion through the Fokker–Planck identities (`docs/MATH.md` §2, paper eq. 11–20).
 //!
 //! Given marginals `p_t` with score `s = ∇log p_t` and any diffusion `g` (`D = g gᵀ`), three
 //! processes share the marginals `p_t`:

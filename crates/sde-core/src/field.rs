@@ -4,7 +4,7 @@
 //! [`Vector`]), so one closed-form process can implement it for `f64`, for
 //! `Vec<f64>` of independent paths and for batched candle tensors, and one solver serves all.
 //! Time `t` is always an `f64` in `[0, 1]` by convention (t = 0 prior, t = 1 data;
-//! `MATH.md`, "Notation").
+//! `docs/MATH.md`, "Notation").
 
 use crate::error::Result;
 use crate::real::Real;
@@ -16,7 +16,7 @@ pub trait VectorField<S> {
     fn velocity(&self, x: &S, t: f64) -> Result<S>;
 }
 
-/// The drift `f(x, t)` of an Itô SDE `dx = f dt + g dW` (`MATH.md` eq. 2).
+/// The drift `f(x, t)` of an Itô SDE `dx = f dt + g dW` (`docs/MATH.md` eq. 2).
 pub trait Drift<S> {
     /// The drift `f(x, t)`, shaped like `x`.
     fn drift(&self, x: &S, t: f64) -> Result<S>;
@@ -66,7 +66,7 @@ pub trait Diffusion<S> {
     fn diffusion(&self, x: &S, t: f64) -> Result<Noise<S>>;
 
     /// `∇·D` for `D = diag(g²)`: the vector with entries `∂_i g_i(x, t)²`, or `None` where
-    /// `D` does not depend on `x` (`MATH.md` §2). The Fokker–Planck adapters need it.
+    /// `D` does not depend on `x` (`docs/MATH.md` §2). The Fokker–Planck adapters need it.
     fn diffusion_divergence(&self, x: &S, t: f64) -> Result<Option<S>>;
 }
 
@@ -77,7 +77,7 @@ pub trait Score<S> {
 }
 
 /// An ODE field together with its divergence `∇·v`, the input of the augmented
-/// (state, log-density) integration of a continuous normalizing flow (`MATH.md` §3).
+/// (state, log-density) integration of a continuous normalizing flow (`docs/MATH.md` §3).
 ///
 /// `L` is the per-sample scalar type: `f64` for `f64` states, a `(batch,)` or `(batch, 1)`
 /// tensor for batched tensors.

@@ -1,7 +1,7 @@
 //! A mass-conserving finite-volume Fokker–Planck solver in one dimension.
 //!
 //! For a one-dimensional Itô SDE `dx = f(x, t) dt + g(x, t) dW` with `D = g²`, the density
-//! `p(x, t)` of `x_t` obeys the Fokker–Planck equation (`MATH.md` §2, paper eq. 5–6)
+//! `p(x, t)` of `x_t` obeys the Fokker–Planck equation (`docs/MATH.md` §2, paper eq. 5–6)
 //!
 //! ```text
 //! ∂_t p = −∂_x (f p) + ½ ∂_x² (D p) = −∂_x F,     F = f p − ½ ∂_x (D p)
@@ -9,7 +9,7 @@
 //!
 //! This module evolves `p` on a uniform grid of `n` cells covering `[x_min, x_max]`; it is how
 //! the project computes the model marginal `p_t` of a trained 1-D SDE, and from it `∇log p_t`,
-//! the reverse discrepancy `R(t)`, `KL(q_1 ‖ p_1)` and `log p(y)` by quadrature (`MATH.md` §4).
+//! the reverse discrepancy `R(t)`, `KL(q_1 ‖ p_1)` and `log p(y)` by quadrature (`docs/MATH.md` §4).
 //!
 //! # Scheme
 //!

@@ -1,5 +1,5 @@
 //! Gaussian and Gaussian-mixture distributions in one dimension: log-density, CDF, score and
-//! sampling, and Gaussian probability paths with their exact velocities (`MATH.md` §5).
+//! sampling, and Gaussian probability paths with their exact velocities (`docs/MATH.md` §5).
 
 use candle_core::Tensor;
 use rand::Rng;
@@ -151,7 +151,7 @@ impl GaussianMixture {
             .map(|(w, c)| w * c.cdf(x))
             .sum()
     }
-    /// The score `Σ_k r_k(x) ∇log N_k(x)` (`MATH.md` eq. 41–43).
+    /// The score `Σ_k r_k(x) ∇log N_k(x)` (`docs/MATH.md` eq. 41–43).
     pub fn score_at(&self, x: f64) -> f64 {
         let (r, _) = self.responsibilities(x);
         r.iter()
@@ -190,7 +190,7 @@ impl GaussianMixture {
 
 /// A Gaussian probability path `N(m(t), s(t)²)` with `m` and `s` linear in `t`:
 /// `m(t) = (1 − t) m0 + t m1`, `s(t) = (1 − t) s0 + t s1`. Its exact ODE velocity
-/// (`MATH.md` eq. 39–40, 44) is `v(x, t) = ṁ + (ṡ / s) (x − m)`.
+/// (`docs/MATH.md` eq. 39–40, 44) is `v(x, t) = ṁ + (ṡ / s) (x − m)`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LinearGaussianPath {
     m0: f64,
@@ -235,7 +235,7 @@ impl<T: Real> PointwiseField<T> for LinearGaussianPath {
 }
 
 /// A mixture of Gaussian paths `q_t = Σ_k π_k N(m_k(t), s_k(t)²)`: its exact marginal
-/// velocity `Σ_k r_k v_k` and score `Σ_k r_k ∇log q_t^k` (`MATH.md` eq. 41–43).
+/// velocity `Σ_k r_k v_k` and score `Σ_k r_k ∇log q_t^k` (`docs/MATH.md` eq. 41–43).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MixturePath {
     weights: Vec<f64>,

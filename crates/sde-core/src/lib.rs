@@ -12,7 +12,7 @@
 //!   Ornstein–Uhlenbeck, geometric Brownian motion, variance-preserving and
 //!   variance-exploding SDEs.
 //! - ODE ↔ SDE conversion through the Fokker–Planck identities ([`convert`]):
-//!   [`ProbabilityFlow`], [`ForwardSde`], [`ReverseTimeSde`] (`MATH.md` §2).
+//!   [`ProbabilityFlow`], [`ForwardSde`], [`ReverseTimeSde`] (`docs/MATH.md` §2).
 //! - Gaussian and Gaussian-mixture marginals and paths ([`gaussian`]).
 //! - A mass-conserving 1-D Fokker–Planck solver ([`fokker_planck`]) that evolves a density
 //!   on a grid under any 1-D drift and diffusion.

@@ -86,7 +86,7 @@ impl LinearGaussianSde for BrownianMotion {
 }
 tensor_sde!(BrownianMotion);
 
-/// The Ornstein–Uhlenbeck process `dx = −θ x dt + s dW` (`MATH.md` §2).
+/// The Ornstein–Uhlenbeck process `dx = −θ x dt + s dW` (`docs/MATH.md` §2).
 ///
 /// ```
 /// use sde_core::{OrnsteinUhlenbeck, LinearGaussianSde};
@@ -230,7 +230,7 @@ tensor_sde!(VarianceExploding);
 
 /// Geometric Brownian motion `dx = μ x dt + s x dW` (multiplicative noise): `E[x_t] = x_0
 /// e^{μt}`, `E[x_t²] = x_0² e^{(2μ + s²)t}` and the exact path
-/// `x_t = x_0 exp((μ − s²/2) t + s W_t)` (`MATH.md` §2).
+/// `x_t = x_0 exp((μ − s²/2) t + s W_t)` (`docs/MATH.md` §2).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GeometricBrownianMotion {
     mu: f64,

@@ -1,4 +1,4 @@
-//! The 1-D benchmark data: a mixture of Laplace distributions (`MATH.md` §9, paper §8).
+//! The 1-D benchmark data: a mixture of Laplace distributions (`docs/MATH.md` §9, paper §8).
 
 use rand::Rng;
 
@@ -89,7 +89,7 @@ impl LaplaceMixture {
     /// The population expected log-likelihood `E_p[log p(y)]` (negative differential entropy)
     /// by composite Simpson quadrature on `[min − 40b, max + 40b]` with step `b/1000`; the grid
     /// puts every kink `m_k` on a node, so the rule keeps its fourth order. For the paper's
-    /// mixture this is −2.98755 nats (`MATH.md` §9).
+    /// mixture this is −2.98755 nats (`docs/MATH.md` §9).
     pub fn expected_log_likelihood(&self) -> f64 {
         let lo = self.locations.iter().cloned().fold(f64::INFINITY, f64::min) - 40.0 * self.scale;
         let hi = self

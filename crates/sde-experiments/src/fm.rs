@@ -1,4 +1,4 @@
-//! The paper's flow-matching experiment (`REFERENCE.md` §4, paper Figure 1 right): a velocity
+//! The paper's flow-matching experiment (`docs/REFERENCE.md` §4, paper Figure 1 right): a velocity
 //! network trained on the interpolant `x_t = t y + (1 − t) ε`, judged — beyond the paper — by
 //! its exact log-likelihood through the probability-flow ODE.
 
@@ -20,7 +20,7 @@ use crate::train::{
     Validation,
 };
 
-/// Settings of the flow-matching experiment. [`FmConfig::reference`] is `REFERENCE.md` §4.
+/// Settings of the flow-matching experiment. [`FmConfig::reference`] is `docs/REFERENCE.md` §4.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FmConfig {
     /// Optimiser and schedule.
@@ -36,7 +36,7 @@ pub struct FmConfig {
     /// The weighting of the squared velocity error in the ELBO (and in the loss when it is
     /// not the reference's plain MSE); [`FmWeighting::YFree`] needs `β₁ > 0`.
     pub weighting: FmWeighting,
-    /// The likelihood width `δ` of the monitored ELBO (`REFERENCE.md` §4: 0.01).
+    /// The likelihood width `δ` of the monitored ELBO (`docs/REFERENCE.md` §4: 0.01).
     pub delta: f64,
     /// Draws of `(t, ε)` per validation point for the validation loss.
     pub val_draws: usize,
@@ -51,7 +51,7 @@ pub struct FmConfig {
 }
 
 impl FmConfig {
-    /// `REFERENCE.md` §4: 2-64-64-1 velocity, `β₀ = 1`, `β₁ = 0`, plain MSE, Adam lr 1e-3,
+    /// `docs/REFERENCE.md` §4: 2-64-64-1 velocity, `β₀ = 1`, `β₁ = 0`, plain MSE, Adam lr 1e-3,
     /// 10,000 epochs of batch 125; exact likelihood with 99 RK4 steps.
     pub fn reference() -> Self {
         Self {
@@ -230,7 +230,7 @@ pub fn evaluate(
 }
 
 /// The reference's plain MSE at one `(t, ε)` per point (or, with learned widths or the σ
-/// weighting, the negative FM ELBO), and the validation loss and ELBO (`MATH.md` §8).
+/// weighting, the negative FM ELBO), and the validation loss and ELBO (`docs/MATH.md` §8).
 pub struct FmObjective {
     /// The model.
     pub model: FmModel,

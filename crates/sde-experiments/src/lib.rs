@@ -1,6 +1,6 @@
 //! # sde-experiments
 //!
-//! The paper's 1-D benchmark (section 8; `REFERENCE.md`): a mixture of five Laplace
+//! The paper's 1-D benchmark (section 8; `docs/REFERENCE.md`): a mixture of five Laplace
 //! distributions, and the reference experiments trained on it. The top library layer: it
 //! builds on `sde-core`, `sde-solvers` and `sde-variational`, and `xtask` drives it.
 //!
@@ -10,11 +10,11 @@
 //!   named metrics, periodic validation, progress callbacks, checkpoints that resume
 //!   bit-identically).
 //! - [`checkpoint`]: one-file atomic checkpoints with a configuration fingerprint.
-//! - [`ode`]: the ODE (continuous normalizing flow) experiment, `REFERENCE.md` §1.
+//! - [`ode`]: the ODE (continuous normalizing flow) experiment, `docs/REFERENCE.md` §1.
 //! - [`sde`]: the SDE experiment (learned drift, diffusion and Gaussian variational process,
-//!   SDE ELBO), `REFERENCE.md` §2.
-//! - [`vdm`]: the VDM experiment (learned log-SNR schedule, signal prediction), `REFERENCE.md` §3.
-//! - [`fm`]: the flow-matching experiment with its exact likelihood, `REFERENCE.md` §4.
+//!   SDE ELBO), `docs/REFERENCE.md` §2.
+//! - [`vdm`]: the VDM experiment (learned log-SNR schedule, signal prediction), `docs/REFERENCE.md` §3.
+//! - [`fm`]: the flow-matching experiment with its exact likelihood, `docs/REFERENCE.md` §4.
 //! - [`sm`]: a score-matching run (VDM's network and budget; not in the paper) with its ELBO
 //!   and exact probability-flow likelihood.
 //! - [`evaluate`]: Kolmogorov–Smirnov and Wasserstein-1 distances, kernel density estimates.

@@ -1,4 +1,4 @@
-//! The paper's ODE experiment (REFERENCE.md §1, paper Figure 1 left): a continuous
+//! The paper's ODE experiment (docs/REFERENCE.md §1, paper Figure 1 left): a continuous
 //! normalizing flow trained by maximising the exact log-likelihood through the augmented ODE.
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -16,7 +16,7 @@ use crate::train::{
     Validation,
 };
 
-/// Settings of the ODE experiment. [`OdeConfig::reference`] is REFERENCE.md §1.
+/// Settings of the ODE experiment. [`OdeConfig::reference`] is docs/REFERENCE.md §1.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OdeConfig {
     /// Optimiser and schedule.
@@ -36,7 +36,7 @@ pub struct OdeConfig {
 }
 
 impl OdeConfig {
-    /// REFERENCE.md §1: 2-64-64-1 tanh drift, 99 RK2 steps, Adam lr 1e-2, 200 epochs,
+    /// docs/REFERENCE.md §1: 2-64-64-1 tanh drift, 99 RK2 steps, Adam lr 1e-2, 200 epochs,
     /// batch 125, validation every 10 epochs; evaluated with RK4 at the end.
     pub fn reference() -> Self {
         Self {

@@ -1,4 +1,4 @@
-//! The paper's SDE experiment (`REFERENCE.md` §2, paper Figure 2): a learned drift and
+//! The paper's SDE experiment (`docs/REFERENCE.md` §2, paper Figure 2): a learned drift and
 //! diffusion, a Gaussian variational process from two networks and a learned likelihood width,
 //! trained by maximising the SDE ELBO simulation-free (one `t` and `ε` per data point).
 
@@ -20,7 +20,7 @@ use crate::train::{
     Validation,
 };
 
-/// Settings of the SDE experiment. [`SdeConfig::reference`] is `REFERENCE.md` §2.
+/// Settings of the SDE experiment. [`SdeConfig::reference`] is `docs/REFERENCE.md` §2.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SdeConfig {
     /// Optimiser and schedule.
@@ -44,7 +44,7 @@ pub struct SdeConfig {
 }
 
 impl SdeConfig {
-    /// `REFERENCE.md` §2: four 2-64-64-1 tanh networks, `β₁` started at 0.1, Adam lr 1e-3
+    /// `docs/REFERENCE.md` §2: four 2-64-64-1 tanh networks, `β₁` started at 0.1, Adam lr 1e-3
     /// with PyTorch-style (coupled) weight decay 1e-6, 2,000 epochs of batch 125; validated
     /// every 100 epochs with 4 draws per point, evaluated at the end with 20; sampled with 99
     /// Euler–Maruyama steps.

@@ -1,4 +1,4 @@
-//! A score-matching run on the paper's data (not in the paper; `REFERENCE.md` §3's network and
+//! A score-matching run on the paper's data (not in the paper; `docs/REFERENCE.md` §3's network and
 //! budget): denoising score matching on the fixed VP schedule with log-SNR from −5 to 5, reported
 //! by its SDE ELBO and by its exact likelihood through the probability-flow ODE.
 
@@ -44,7 +44,7 @@ pub struct SmConfig {
 }
 
 impl SmConfig {
-    /// VDM's budget (`REFERENCE.md` §3): 2-64-64-1, Adam lr 1e-3, clipping 1.0, 2,000 epochs;
+    /// VDM's budget (`docs/REFERENCE.md` §3): 2-64-64-1, Adam lr 1e-3, clipping 1.0, 2,000 epochs;
     /// the schedule fixed at log-SNR −5 → 5.
     pub fn reference() -> Self {
         Self {

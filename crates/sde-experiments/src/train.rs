@@ -1,6 +1,6 @@
 //! A reusable training loop: shuffled mini-batches, the library's Adam
 //! ([`sde_variational::optim`]), periodic validation, progress callbacks and checkpoints from
-//! which an interrupted run resumes bit-identically (REFERENCE.md, "Shared setting").
+//! which an interrupted run resumes bit-identically (docs/REFERENCE.md, "Shared setting").
 //!
 //! # Reproducibility
 //!

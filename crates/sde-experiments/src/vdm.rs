@@ -1,4 +1,4 @@
-//! The paper's VDM experiment (`REFERENCE.md` §3, paper Figure 2): a variational diffusion
+//! The paper's VDM experiment (`docs/REFERENCE.md` §3, paper Figure 2): a variational diffusion
 //! model with a learned linear log-SNR schedule and a signal-prediction network with a skip
 //! connection, trained by maximising its ELBO — the SDE ELBO of [`sde_variational::vdm`].
 
@@ -18,7 +18,7 @@ use crate::train::{
     Validation,
 };
 
-/// Settings of the VDM experiment. [`VdmConfig::reference`] is `REFERENCE.md` §3.
+/// Settings of the VDM experiment. [`VdmConfig::reference`] is `docs/REFERENCE.md` §3.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VdmConfig {
     /// Optimiser and schedule (gradient-norm clipping at 1.0).
@@ -42,7 +42,7 @@ pub struct VdmConfig {
 }
 
 impl VdmConfig {
-    /// `REFERENCE.md` §3: log-SNR from −5 to 5, both learned; `ŷ = x + M(x, t)` with a 2-64-64-1
+    /// `docs/REFERENCE.md` §3: log-SNR from −5 to 5, both learned; `ŷ = x + M(x, t)` with a 2-64-64-1
     /// tanh `M`; Adam lr 1e-3, gradient-norm clipping 1.0, 2,000 epochs of batch 125.
     pub fn reference() -> Self {
         Self {

@@ -27,7 +27,7 @@ fn small_data() -> Dataset {
 
 #[test]
 fn population_log_likelihood_matches_math_md() {
-    // MATH.md §9 gives −2.98755 to 5 decimals; Simpson with h = 1e-3 is exact to ~1e-10.
+    // docs/MATH.md §9 gives −2.98755 to 5 decimals; Simpson with h = 1e-3 is exact to ~1e-10.
     let v = LaplaceMixture::paper().expected_log_likelihood();
     assert!((v - -2.98755).abs() < 1e-5, "{v}");
 }

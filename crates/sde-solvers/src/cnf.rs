@@ -1,5 +1,5 @@
 //! The augmented (state, log-density) integration of a continuous normalizing flow
-//! (`MATH.md` §3, paper eq. 23–24).
+//! (`docs/MATH.md` §3, paper eq. 23–24).
 //!
 //! Along a solution of `dx/dt = v(x, t)`, `d/dt log p_t(x_t) = −∇·v(x_t, t)`. Integrating the
 //! pair `(x, a)` with `da/dt = ∇·v` from `t_start` to `t_end` (either direction) gives

@@ -7,7 +7,7 @@
 //!
 //! - ODE ([`OdeMethod`], Butcher tableaus in [`ode`]): Euler, Heun, RK2 midpoint, RK4.
 //! - SDE ([`SdeMethod`]): Euler–Maruyama and stochastic Heun.
-//! - Forward and reverse time: a [`TimeGrid`] may run either way (`MATH.md` §1).
+//! - Forward and reverse time: a [`TimeGrid`] may run either way (`docs/MATH.md` §1).
 //! - [`pointwise`]: the in-place slice fast path for one-dimensional laws on many paths.
 //! - [`cnf`]: the augmented (state, log-density) integration of continuous normalizing flows.
 //!

@@ -1,5 +1,5 @@
 //! Explicit Runge–Kutta ODE solvers, kept as data (Butcher tableaus) the way diffsol does:
-//! Euler, Heun, RK2 midpoint and classical RK4 are one generic step (`MATH.md` §1).
+//! Euler, Heun, RK2 midpoint and classical RK4 are one generic step (`docs/MATH.md` §1).
 
 use sde_core::{Vector, VectorField};
 

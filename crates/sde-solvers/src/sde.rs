@@ -1,4 +1,4 @@
-//! Itô SDE solvers on fixed grids: Euler–Maruyama and stochastic Heun (`MATH.md` §1).
+//! Itô SDE solvers on fixed grids: Euler–Maruyama and stochastic Heun (`docs/MATH.md` §1).
 //!
 //! A step takes a standard-normal draw `eps` shaped like the state; the Brownian increment is
 //! `ΔW = √|h| eps`. On a decreasing grid (`h < 0`) the same formulas give the backward Itô

@@ -1,4 +1,4 @@
-//! The exact likelihood of an ODE model: a continuous normalizing flow (`MATH.md` §3, paper
+//! The exact likelihood of an ODE model: a continuous normalizing flow (`docs/MATH.md` §3, paper
 //! §5.1, eq. 23–25).
 //!
 //! A neural field `v(x, t)` (an [`Mlp`] with input `[x, t]`, output `d`) pushes the prior

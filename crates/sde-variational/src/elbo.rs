@@ -1,4 +1,4 @@
-//! The SDE evidence lower bound (`MATH.md` §4; paper §5.2, eq. 36) for any generative
+//! The SDE evidence lower bound (`docs/MATH.md` §4; paper §5.2, eq. 36) for any generative
 //! SDE and any Gaussian variational process, term by term and per data point:
 //!
 //! ```text

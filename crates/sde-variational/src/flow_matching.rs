@@ -1,4 +1,4 @@
-//! Flow matching (`MATH.md` §8; paper §7.3) as a parameterisation of the variational process:
+//! Flow matching (`docs/MATH.md` §8; paper §7.3) as a parameterisation of the variational process:
 //! the stochastic interpolant `x_t = t y + β_t ε`, `β_t = (1 − t) β₀ + t β₁`, i.e.
 //! `q_t(x | y) = N(t y, β_t²)`, whose conditional velocity (the ODE drift of eq. 40 at
 //! `x = α + β ε`) is the regression target `u = y + (β₁ − β₀) ε`.
@@ -132,7 +132,7 @@ impl Interpolant {
     }
 
     /// The diffusion `σ²(t) = 2 β₀ β_t / t` under which the interpolant's reverse-time drift
-    /// `f_q,bwd = x / t` does not depend on `y` (`MATH.md` §8): the coefficient of `y` in
+    /// `f_q,bwd = x / t` does not depend on `y` (`docs/MATH.md` §8): the coefficient of `y` in
     /// `f_q,bwd = y + (β̇/β)(x − t y) + ½ σ² (x − t y)/β²` is `1 − t β̇/β − t σ²/(2β²)`, and
     /// `β_t − t β̇ = β₀`. With it the FM ELBO's diffusion term is `2 |v − u|² / σ²`
     /// ([`fm_elbo`]). Infinite at t = 0, zero at t = 1 when `β₁ = 0`.
@@ -150,7 +150,7 @@ impl Interpolant {
         (beta, r, 1.0 - t * r)
     }
 
-    /// The marginal score from the marginal velocity (`MATH.md` §8): both are affine in
+    /// The marginal score from the marginal velocity (`docs/MATH.md` §8): both are affine in
     /// `E[y | x_t]`, so `ŷ = (v − (β̇/β) x) / c_t` and `∇ log q_t(x) = −(x − t ŷ) / β_t²`.
     /// Exact for the optimum; for a learned velocity it defines the score an SDE sampler uses.
     ///
@@ -287,7 +287,7 @@ pub fn fm_loss(
     Ok((value - u)?.sqr()?)
 }
 
-/// A flow-matching model sampled by an SDE (`MATH.md` §2 and §8): the forward drift
+/// A flow-matching model sampled by an SDE (`docs/MATH.md` §2 and §8): the forward drift
 /// `f = v + ½ σ(t)² ∇log q_t` with the score from the learned velocity
 /// ([`Interpolant::score_from_velocity`]) and the diffusion `σ(t) = η β_t`. Any `σ` keeps the
 /// marginals of the ODE; this one vanishes with `β_t` at the data end, where the score grows like
@@ -354,7 +354,7 @@ impl sde_core::Diffusion<Tensor> for FlowSde<'_> {
     }
 }
 
-/// The σ-weighted flow-matching loss per row, `|v(x_t, t) − u|² / σ²` (`MATH.md` §8), for a
+/// The σ-weighted flow-matching loss per row, `|v(x_t, t) − u|² / σ²` (`docs/MATH.md` §8), for a
 /// diffusion `sigma2` `(B, 1)` (or `(1, 1)`) at the rows' times: the weighting under which
 /// `2 L_FM` is the SDE ELBO's diffusion term when the reverse drift does not depend on `y`.
 /// With `σ ≡ 1` it is [`fm_loss`].
@@ -382,7 +382,7 @@ pub enum FmWeighting {
     YFree,
 }
 
-/// The flow-matching ELBO's terms per row (`MATH.md` §8) for data `y`, times `t` and normals
+/// The flow-matching ELBO's terms per row (`docs/MATH.md` §8) for data `y`, times `t` and normals
 /// `eps` (all `(B, 1)`), likelihood `N(y; x₁, δ²)` of width `delta` (`(1, 1)` or `(B, 1)`):
 /// reconstruction and `KL(q₀ ‖ N(0, 1))` in closed form from the interpolant's marginals (the
 /// general [`GaussianMarginal`] formulas), and the diffusion term `2 |v − u|² / σ²` with `σ²` as

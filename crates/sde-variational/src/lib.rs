@@ -3,7 +3,7 @@
 //! Variational objectives for generative ODE/SDE models — the training layer of the
 //! workspace: the exact likelihood of a continuous normalizing flow through the augmented
 //! ODE, the SDE evidence lower bound with a Gaussian variational process, the variational
-//! diffusion model (VDM), and score and flow matching (`MATH.md` §3–8, `REFERENCE.md`).
+//! diffusion model (VDM), and score and flow matching (`docs/MATH.md` §3–8, `docs/REFERENCE.md`).
 //!
 //! Such losses contain derivatives of neural networks (the divergence of a flow, `∂/∂t` of
 //! a learned mean or scale). candle differentiates in reverse mode only, once, so this crate

@@ -1,9 +1,9 @@
 //! Multi-layer perceptrons with forward-mode tangents.
 //!
 //! Every network of the reference experiments is a small MLP with input `[x, t]`, tanh hidden
-//! layers and a linear or softplus output (`REFERENCE.md`, "2-64-64-1"). Several losses need
+//! layers and a linear or softplus output (`docs/REFERENCE.md`, "2-64-64-1"). Several losses need
 //! derivatives of such a network *inside* the loss — the divergence `∇·v` of a continuous
-//! normalizing flow (`MATH.md` §3), `∂/∂t` of a learned mean or scale. candle's autograd is
+//! normalizing flow (`docs/MATH.md` §3), `∂/∂t` of a learned mean or scale. candle's autograd is
 //! reverse-mode only and cannot differentiate a gradient, so [`Mlp`] computes these
 //! derivatives in forward mode: each tangent `u` is pushed through the network beside the
 //! value, layer by layer,
@@ -87,7 +87,7 @@ impl MlpConfig {
     }
 
     /// The network of every reference experiment: input `[x, t]`, two hidden layers of 64
-    /// tanh units, one output (`REFERENCE.md`, "Shared setting": 2-64-64-1).
+    /// tanh units, one output (`docs/REFERENCE.md`, "Shared setting": 2-64-64-1).
     pub fn reference(output: Activation) -> Self {
         Self::new(vec![2, 64, 64, 1], output)
     }
@@ -558,7 +558,7 @@ pub fn with_time(xs: &Tensor, t: Time<'_>) -> Result<Tensor> {
 
 /// The value `v(x, t)` `(batch, d)` and the exact divergence `∇ₓ·v = tr ∂v/∂x` `(batch, 1)`
 /// of the field given by `mlp` with input `[x, t]` and output `d`, from `d` forward-mode
-/// tangents (`MATH.md` §3, the augmented CNF dynamics). Back-propagates like any tensor.
+/// tangents (`docs/MATH.md` §3, the augmented CNF dynamics). Back-propagates like any tensor.
 ///
 /// # Errors
 /// `mlp` not of widths `[d + 1, …, d]` for `xs` of shape `(batch, d)`, or a bad `t`
@@ -605,7 +605,7 @@ pub fn divergence_exact<'a>(
 
 /// The value `v(x, t)` `(batch, d)` and Hutchinson's unbiased estimate `εᵀ (∂v/∂x) ε` of the
 /// divergence `(batch, 1)`, with one Rademacher vector `ε ∈ {−1, 1}ᵈ` per sample drawn from
-/// `rng` — one forward-mode tangent instead of `d` (`MATH.md` §3; Hutchinson's estimator as
+/// `rng` — one forward-mode tangent instead of `d` (`docs/MATH.md` §3; Hutchinson's estimator as
 /// used by FFJORD, Grathwohl et al. 2019).
 /// Its variance is `Σ_{i<j} (J_ij + J_ji)²` per sample, so it is exact for `d = 1`.
 ///

@@ -1,4 +1,4 @@
-//! A neural generative SDE `dx = f(x, t) dt + σ(x, t) dW` (`REFERENCE.md` §2): a drift
+//! A neural generative SDE `dx = f(x, t) dt + σ(x, t) dW` (`docs/REFERENCE.md` §2): a drift
 //! network and a softplus diffusion network on `[x, t]`, one formula for every use — the
 //! losses (one time per row, [`GenerativeSde`]), the solvers (one time per step, the
 //! `sde_core` [`Drift`] and [`Diffusion`] traits on tensors) and the 1-D Fokker–Planck solver

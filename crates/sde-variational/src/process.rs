@@ -1,5 +1,5 @@
 //! Variational processes with Gaussian marginals `q_t(x | y) = N(α(y, t), β(y, t)²)`
-//! (`MATH.md` §5; paper §6, eq. 39–40 and 44), evaluated per row at per-row times.
+//! (`docs/MATH.md` §5; paper §6, eq. 39–40 and 44), evaluated per row at per-row times.
 //!
 //! This module is the one place where the variational drifts are written. For a marginal with
 //! time derivatives `∂α/∂t`, `∂β/∂t` and a generative diffusion `σ²(x, t)` with `∂σ²/∂x`:
@@ -80,7 +80,7 @@ impl GaussianMarginal {
     }
 
     /// The forward SDE drift `f_q = f_q,ode + ½ ∂σ²/∂x + ½ σ² ∇ₓ log q_t` for the diffusion
-    /// `d` at the same rows (eq. 44, `MATH.md` §5).
+    /// `d` at the same rows (eq. 44, `docs/MATH.md` §5).
     pub fn forward_drift(&self, x: &Tensor, d: &DiffusionAt) -> Result<Tensor> {
         self.sde_drift_at_eps(&self.eps_of(x)?, d, 1.0)
     }
@@ -122,7 +122,7 @@ impl GaussianMarginal {
         Ok(f)
     }
 
-    /// `KL(N(α, β²) ‖ N(0, 1)) = ½ (α² + β² − 1 − log β²)` per row (`MATH.md` §5).
+    /// `KL(N(α, β²) ‖ N(0, 1)) = ½ (α² + β² − 1 − log β²)` per row (`docs/MATH.md` §5).
     pub fn kl_to_standard_normal(&self) -> Result<Tensor> {
         let b2 = self.beta.sqr()?;
         Ok(((self.alpha.sqr()? + &b2)? - b2.log()?)?.affine(0.5, -0.5)?)
@@ -147,7 +147,7 @@ pub trait GaussianProcess {
     fn marginal(&self, y: &Tensor, t: Time<'_>, derivatives: bool) -> Result<GaussianMarginal>;
 }
 
-/// The SDE experiment's variational process (`REFERENCE.md` §2):
+/// The SDE experiment's variational process (`docs/REFERENCE.md` §2):
 ///
 /// ```text
 /// α(y, t) = t y + (1 − t) A(y, t),      β(y, t) = t β₁ + (1 − t) softplus(B(y, t))
@@ -366,7 +366,7 @@ impl<P: GaussianProcess, G: crate::elbo::GenerativeSde> sde_core::VectorField<Te
 impl<P: GaussianProcess, G: crate::elbo::GenerativeSde> sde_core::Drift<Tensor>
     for VariationalField<'_, P, G>
 {
-    /// The reverse-time drift `f_q,bwd` (for a decreasing time grid, `MATH.md` §1).
+    /// The reverse-time drift `f_q,bwd` (for a decreasing time grid, `docs/MATH.md` §1).
     fn drift(&self, x: &Tensor, t: f64) -> sde_core::Result<Tensor> {
         let run = || -> Result<Tensor> {
             let (q, eps) = self.at(x, t)?;

@@ -1,4 +1,4 @@
-//! Score matching (`MATH.md` §7; paper §7.2) as a parameterisation of the SDE ELBO: the
+//! Score matching (`docs/MATH.md` §7; paper §7.2) as a parameterisation of the SDE ELBO: the
 //! variational process is the variance-preserving one of [`crate::vdm`], the generative drift is
 //! `f = f_q,bwd + σ² s_θ` with a learned score `s_θ`, and the drift-matching term becomes the
 //! denoising score-matching loss `½ σ² |s_θ(x_t, t) − ∇ₓ log q_t(x_t | y)|²` with

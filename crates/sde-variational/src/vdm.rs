@@ -1,4 +1,4 @@
-//! The variational diffusion model (`MATH.md` §6; paper §7.1) as a parameterisation of the
+//! The variational diffusion model (`docs/MATH.md` §6; paper §7.1) as a parameterisation of the
 //! SDE ELBO: a variance-preserving Gaussian process with a learnable linear log-SNR schedule,
 //! and a generative drift that is the variational forward drift with the data point replaced
 //! by a signal prediction `ŷ(x, t)`. Nothing here re-derives an ELBO term: [`crate::sde_elbo`]

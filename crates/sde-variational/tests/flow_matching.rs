@@ -1,5 +1,5 @@
-//! Flow matching's score ↔ velocity conversions (`MATH.md` §8) against the exact marginal
-//! velocity and score of a data set's interpolant mixture (`MATH.md` §5, appendix F), computed
+//! Flow matching's score ↔ velocity conversions (`docs/MATH.md` §8) against the exact marginal
+//! velocity and score of a data set's interpolant mixture (`docs/MATH.md` §5, appendix F), computed
 //! by `sde_core::MixturePath`.
 
 mod common;

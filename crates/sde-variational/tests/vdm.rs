@@ -1,4 +1,4 @@
-//! The variational diffusion model as a parameterisation of the SDE ELBO (`MATH.md` §6): the
+//! The variational diffusion model as a parameterisation of the SDE ELBO (`docs/MATH.md` §6): the
 //! general drift-matching code with `f = f_q(x, ŷ, t)` equals the closed form
 //! `½ SNR'(t)(y − ŷ)²`; the VP process's reverse drift is `½ σ² x` for every `y`; the schedule's
 //! time derivatives match finite differences.
@@ -116,7 +116,7 @@ fn schedule_derivatives_and_identity_match() -> Result<()> {
     Ok(())
 }
 
-/// Flow matching as an SDE (`MATH.md` §8, eq. 58): drift `f = 2 v − f_q,bwd` with the
+/// Flow matching as an SDE (`docs/MATH.md` §8, eq. 58): drift `f = 2 v − f_q,bwd` with the
 /// diffusion `σ²(t) = 2 (1 − t)/t`, for which the interpolant's reverse drift does not depend
 /// on `y` (β₀ = 1, β₁ = 0: the coefficient of `y` in `f_q,bwd` is
 /// `1/(1 − t) − ½ σ² t/(1 − t)²`, zero exactly then).
@@ -179,7 +179,7 @@ fn the_fm_elbo_diffusion_term_is_twice_the_weighted_fm_loss() -> Result<()> {
         interpolant,
     };
     let general = diffusion_term(&interpolant, &model, &y, &t, &eps)?;
-    // 2 L_FM with the σ-weighting of MATH.md §8: 2 |v − u|² / σ².
+    // 2 L_FM with the σ-weighting of docs/MATH.md §8: 2 |v − u|² / σ².
     let twice = (fm_loss_weighted(&v, &interpolant, &y, &t, &eps, &fm_sigma2(&t)?)? * 2.0)?;
     let e = rel_err(&general, &twice)?;
     // The same algebra in two orders; the y-terms cancel in f_q,bwd to rounding of |y| ≤ 8

@@ -2,7 +2,7 @@
 //! forward-mode tangents, forward and backward in one candle op.
 //!
 //! Every model of the reference experiments trains 2-64-64-1 tanh networks with input `[x, t]`
-//! (`MATH.md`; paper §8), and at batch 125 such a network costs far less arithmetic than
+//! (`docs/MATH.md`; paper §8), and at batch 125 such a network costs far less arithmetic than
 //! candle's per-op overhead: a textbook candle graph of one evaluation with one tangent is some
 //! thirty ops forward and as many backward. [`FusedMlp`] does the whole evaluation in one op:
 //!
