@@ -203,11 +203,7 @@ pub fn run(args: Args) -> Result<()> {
         (false, false) => "full",
     };
     let summary = summarise(suite, measurements);
-    let out = if args.out.is_absolute() {
-        args.out
-    } else {
-        root.join(args.out)
-    };
+    let out = crate::resolve_out(&args.out);
     fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let markdown = to_markdown(&summary);
     fs::write(out.join("summary.md"), &markdown)

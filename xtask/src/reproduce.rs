@@ -1,37 +1,64 @@
 //! `cargo xtask reproduce`: the paper's experiments end to end (docs/REFERENCE.md), with a
-//! progress bar, a printed summary, `report.json` and figures under `target/reproduce/`.
+//! progress bar per model, a printed table, and under `target/reproduce/` (or `--out`):
+//! `report.json` (a typed [`Report`]), `report.md`, CSV training curves and figures as PNG and
+//! SVG. The crates compute; this module only configures, times and renders.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
+use sde_experiments::train::TrainConfig;
 use sde_experiments::{
-    evaluate, fm, ode, sde, sm, vdm, Dataset, Evaluation, LaplaceMixture, TrainRng,
+    evaluate, fm, ode, sde, sm, vdm, Dataset, Distribution, Evaluation, TrainRng,
 };
 use sde_solvers::OdeMethod;
+use sde_variational::elbo::GenerativeSde;
 use sde_variational::score_matching::ScoreFlow;
 use sde_variational::{GaussianProcess, Time};
-use serde_json::json;
 
 use crate::plot::{self, Curve, Figure};
+use crate::report::{
+    self, DataReport, Headline, ModelReport, Report, SampleQuality, Schedule, SeedSpread, Terms,
+};
 
 /// Options of `cargo xtask reproduce`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Output folder for report.json and the figures.
+    /// Output folder for the report, curves and figures; a relative path is taken from the
+    /// workspace root (as `cargo xtask bench` does), whatever the current directory.
     #[arg(long, default_value = "target/reproduce")]
     out: PathBuf,
-    /// A shortened run (seconds, not minutes) to check that everything works.
+    /// A shortened run (seconds, not minutes) that exercises everything.
     #[arg(long)]
     quick: bool,
-    /// Seed of the data set (the reference code's sample differs anyway; the report gives the
-    /// drawn sample's true log-likelihood beside the population value).
+    /// Training seed: offsets every model's initialisation and batch/noise seeds (0 is the
+    /// documented default run).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Repeat every model with seeds SEED, SEED+1, …, and report the headline's mean ± sd
+    /// (figures and details come from the first seed).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100))]
+    seeds: u64,
+    /// Multiply every model's epochs (and validation interval) by this factor (> 0).
+    #[arg(long, default_value_t = 1.0)]
+    epochs_scale: f64,
+    /// The data set: the paper's Laplace mixture, one Laplace(0, 1), or N(−1, 2²).
+    #[arg(long, value_enum, default_value_t = DataName::LaplaceMixture)]
+    data: DataName,
+    /// Seed of the data set's draw.
     #[arg(long, default_value_t = 0)]
     data_seed: u64,
+    /// Training points.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    n_train: u64,
+    /// Validation points (a `--quick` run evaluates on at most 2,000 of them).
+    #[arg(long, default_value_t = 8000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    n_val: u64,
     /// Continue an interrupted run from the checkpoints in the output folder.
     #[arg(long)]
     resume: bool,
@@ -40,6 +67,27 @@ pub struct Args {
     /// σ-weighted ELBO), both not in the paper.
     #[arg(long, value_delimiter = ',', default_value = "ode,sde,vdm,fm")]
     only: Vec<Model>,
+}
+
+/// The data sets of `--data`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DataName {
+    /// Five Laplace components at −8, −4, 0, 4, 8 (the paper's benchmark).
+    LaplaceMixture,
+    /// One Laplace(0, 1).
+    Laplace,
+    /// N(−1, 2²).
+    Gaussian,
+}
+
+impl DataName {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::LaplaceMixture => "laplace-mixture",
+            Self::Laplace => "laplace",
+            Self::Gaussian => "gaussian",
+        }
+    }
 }
 
 /// The models `cargo xtask reproduce` can run.
@@ -59,185 +107,355 @@ pub enum Model {
     FmElbo,
 }
 
+impl Model {
+    /// The model's key in the report and its file-name prefix.
+    fn key(self) -> &'static str {
+        match self {
+            Self::Ode => "ode",
+            Self::Sde => "sde",
+            Self::Vdm => "vdm",
+            Self::Fm => "fm",
+            Self::Sm => "sm",
+            Self::FmElbo => "fm_elbo",
+        }
+    }
+}
+
+/// What one run of one model hands back: its report and its training curve.
+struct Run {
+    report: ModelReport,
+    curve: Vec<Evaluation>,
+}
+
+/// Everything a model's run needs to know about this invocation.
+struct Ctx<'a> {
+    args: &'a Args,
+    out: &'a Path,
+    dist: &'a Distribution,
+    /// The data the models train and are evaluated on.
+    data: &'a Dataset,
+    device: Device,
+    seed: u64,
+    /// Draw the figures (the first seed only).
+    figures: bool,
+}
+
+impl Ctx<'_> {
+    /// Applies the invocation to a model's training settings: checkpoint path, resume,
+    /// `--quick` epochs, `--epochs-scale` and `--seed`.
+    fn configure(
+        &self,
+        name: &str,
+        train: &mut TrainConfig,
+        init_seed: &mut u64,
+        quick: (usize, usize),
+    ) {
+        let quick_tag = if self.args.quick { "-quick" } else { "" };
+        let seed_tag = if self.seed == 0 {
+            String::new()
+        } else {
+            format!("-seed{}", self.seed)
+        };
+        train.checkpoint = Some(
+            self.out
+                .join(format!("{name}{quick_tag}{seed_tag}.safetensors")),
+        );
+        train.resume = self.args.resume;
+        if self.args.quick {
+            (train.epochs, train.validate_every) = quick;
+        }
+        let scale = |n: usize| ((n as f64 * self.args.epochs_scale).round() as usize).max(1);
+        train.epochs = scale(train.epochs);
+        train.validate_every = scale(train.validate_every).min(train.epochs);
+        train.seed = train.seed.wrapping_add(self.seed);
+        *init_seed = init_seed.wrapping_add(self.seed);
+    }
+
+    /// The validation sample's true log-likelihood.
+    fn val_true(&self) -> f64 {
+        self.dist.mean_log_likelihood(&self.data.validation)
+    }
+
+    fn samples(&self, samples: &[f64], ks: f64) -> SampleQuality {
+        SampleQuality {
+            n: samples.len(),
+            ks,
+            w1: evaluate::wasserstein1(samples, &self.data.validation),
+        }
+    }
+}
+
 /// Population expected log-likelihood of the paper's mixture (docs/MATH.md §9).
 const POPULATION_LL: f64 = -2.98755;
 
 pub fn run(args: Args) -> Result<()> {
-    fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let device = Device::Cpu;
-    let mixture = LaplaceMixture::paper();
-    let data = Dataset::paper(args.data_seed);
-    let population = mixture.expected_log_likelihood();
-    let train_true = mixture.mean_log_likelihood(&data.train);
-    let val_true = mixture.mean_log_likelihood(&data.validation);
-    println!(
-        "data: {} train / {} validation points; true log-likelihood of the validation sample {val_true:.4} (population {population:.5}, docs/MATH.md {POPULATION_LL})",
-        data.train.len(),
-        data.validation.len()
-    );
+    if !(args.epochs_scale.is_finite() && args.epochs_scale > 0.0) {
+        bail!(
+            "--epochs-scale must be finite and positive, got {}",
+            args.epochs_scale
+        );
+    }
+    let out = crate::resolve_out(&args.out);
+    // Fail now, not after training, if the folder cannot be written.
+    fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let probe = out.join(".write-test");
+    fs::write(&probe, b"").with_context(|| format!("cannot write into {}", out.display()))?;
+    fs::remove_file(&probe).ok();
 
-    let data_run = if args.quick {
+    let device = Device::Cpu;
+    let dist = Distribution::by_name(args.data.as_str())?;
+    let full = Dataset::draw(
+        &dist,
+        args.n_train as usize,
+        args.n_val as usize,
+        args.data_seed,
+    )?;
+    let population = dist.expected_log_likelihood();
+    let data = if args.quick && full.validation.len() > 2000 {
         // A quarter of the validation set keeps the quick run's evaluations short.
         Dataset {
-            train: data.train.clone(),
-            validation: data.validation[..2000].to_vec(),
+            train: full.train.clone(),
+            validation: full.validation[..2000].to_vec(),
         }
     } else {
-        data.clone()
+        full.clone()
     };
-    let mut models = serde_json::Map::new();
-    let t_all = Instant::now();
-    if args.only.contains(&Model::Ode) {
-        models.insert(
-            "ode".into(),
-            run_ode(&args, &mixture, &data, &data_run, &device)?,
-        );
-    }
-    if args.only.contains(&Model::Sde) {
-        models.insert(
-            "sde".into(),
-            run_sde(&args, &mixture, &data, &data_run, &device)?,
-        );
-    }
-    if args.only.contains(&Model::Vdm) {
-        models.insert(
-            "vdm".into(),
-            run_vdm(&args, &mixture, &data, &data_run, &device)?,
-        );
-    }
-    if args.only.contains(&Model::Fm) {
-        models.insert(
-            "fm".into(),
-            run_fm(&args, false, &mixture, &data, &data_run, &device)?,
-        );
-    }
-    if args.only.contains(&Model::FmElbo) {
-        models.insert(
-            "fm_elbo".into(),
-            run_fm(&args, true, &mixture, &data, &data_run, &device)?,
-        );
-    }
-    if args.only.contains(&Model::Sm) {
-        models.insert(
-            "sm".into(),
-            run_sm(&args, &mixture, &data, &data_run, &device)?,
-        );
-    }
-    let report = json!({
-        "quick": args.quick,
-        "data": {
-            "seed": args.data_seed,
-            "n_train": data.train.len(),
-            "n_validation": data_run.validation.len(),
-            "population_log_likelihood": population,
-            "train_true_log_likelihood": train_true,
-            "val_true_log_likelihood": mixture.mean_log_likelihood(&data_run.validation),
-        },
-        "models": models,
-        "total_seconds": t_all.elapsed().as_secs_f64(),
-        "peak_memory_bytes": peak_memory_bytes(),
-    });
-    let report_path = args.out.join("report.json");
-    fs::write(&report_path, serde_json::to_string_pretty(&report)?)?;
+    let val_true = dist.mean_log_likelihood(&data.validation);
     println!(
-        "wrote {} and figures; total {:.1} s; peak memory {:.0} MiB",
-        report_path.display(),
-        t_all.elapsed().as_secs_f64(),
-        peak_memory_bytes().unwrap_or(0) as f64 / (1024.0 * 1024.0)
+        "data {}: {} train / {} validation points; true log-likelihood of the validation sample {val_true:.4} (population {population:.5}{})",
+        args.data.as_str(),
+        data.train.len(),
+        data.validation.len(),
+        if args.data == DataName::LaplaceMixture {
+            format!(", docs/MATH.md {POPULATION_LL}")
+        } else {
+            String::new()
+        }
+    );
+
+    let mut models: BTreeMap<String, ModelReport> = BTreeMap::new();
+    let seeds: Vec<u64> = (0..args.seeds).map(|k| args.seed + k).collect();
+    let t_all = Instant::now();
+    let mut order: Vec<Model> = Vec::new();
+    for m in [
+        Model::Ode,
+        Model::Sde,
+        Model::Vdm,
+        Model::Fm,
+        Model::Sm,
+        Model::FmElbo,
+    ] {
+        if args.only.contains(&m) {
+            order.push(m);
+        }
+    }
+    for model in order {
+        let mut runs: Vec<Run> = Vec::new();
+        for (k, &seed) in seeds.iter().enumerate() {
+            if seeds.len() > 1 {
+                println!("seed {seed} ({}/{}):", k + 1, seeds.len());
+            }
+            let ctx = Ctx {
+                args: &args,
+                out: &out,
+                dist: &dist,
+                data: &data,
+                device: device.clone(),
+                seed,
+                figures: k == 0,
+            };
+            runs.push(match model {
+                Model::Ode => run_ode(&ctx)?,
+                Model::Sde => run_sde(&ctx)?,
+                Model::Vdm => run_vdm(&ctx)?,
+                Model::Fm => run_fm(&ctx, false)?,
+                Model::Sm => run_sm(&ctx)?,
+                Model::FmElbo => run_fm(&ctx, true)?,
+            });
+        }
+        let spread = (runs.len() > 1).then(|| {
+            SeedSpread::new(
+                runs.iter().map(|r| r.report.headline_value().0).collect(),
+                runs.iter().map(|r| r.report.train_seconds).collect(),
+            )
+        });
+        let first = runs.swap_remove(0);
+        let mut rep = first.report;
+        let csv = format!("{}_curve.csv", model.key());
+        report::write_curve_csv(&out.join(&csv), &first.curve)?;
+        rep.curve_csv = csv;
+        rep.seeds = spread;
+        rep.reference = report::reference(model.key());
+        models.insert(model.key().into(), rep);
+    }
+    let report = Report {
+        schema: report::SCHEMA,
+        quick: args.quick,
+        seeds,
+        epochs_scale: args.epochs_scale,
+        data: DataReport {
+            name: args.data.as_str().into(),
+            seed: args.data_seed,
+            n_train: data.train.len(),
+            n_validation: data.validation.len(),
+            population_log_likelihood: population,
+            train_true_log_likelihood: dist.mean_log_likelihood(&data.train),
+            val_true_log_likelihood: val_true,
+        },
+        models,
+        total_seconds: t_all.elapsed().as_secs_f64(),
+        peak_memory_bytes: peak_memory_bytes(),
+        reference_total_seconds: report::REFERENCE_TOTAL_SECONDS,
+    };
+    let json_path = out.join("report.json");
+    fs::write(&json_path, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    let md = report.to_markdown();
+    fs::write(out.join("report.md"), &md)
+        .with_context(|| format!("writing {}", out.join("report.md").display()))?;
+    println!();
+    for line in md.lines().skip_while(|l| !l.starts_with('|')) {
+        if !line.starts_with('|') {
+            break;
+        }
+        println!("{line}");
+    }
+    println!(
+        "\nwrote {} and {}, curves and figures; total {:.1} s; peak memory {:.0} MiB",
+        json_path.display(),
+        out.join("report.md").display(),
+        report.total_seconds,
+        report.peak_memory_bytes.unwrap_or(0) as f64 / (1024.0 * 1024.0)
     );
     Ok(())
 }
 
-/// The ODE experiment (docs/REFERENCE.md §1): trains, evaluates, draws its figures; returns its
-/// part of the report.
-fn run_ode(
-    args: &Args,
-    mixture: &LaplaceMixture,
-    data: &Dataset,
-    data_run: &Dataset,
-    device: &Device,
-) -> Result<serde_json::Value> {
-    let device = device.clone();
-    let mut config = ode::OdeConfig::reference();
-    config.train.checkpoint = Some(checkpoint(args, "ode"));
-    config.train.resume = args.resume;
-    if args.quick {
-        config.train.epochs = 20;
-        config.train.validate_every = 5;
+/// A model report with the fields every model fills; the runners add the rest.
+fn base_report(
+    title: &str,
+    headline: Headline,
+    history: &sde_experiments::TrainHistory,
+    epochs: usize,
+    samples: SampleQuality,
+) -> ModelReport {
+    ModelReport {
+        title: title.into(),
+        headline,
+        val_log_likelihood: None,
+        val_log_likelihood_se: None,
+        val_elbo: None,
+        val_elbo_se: None,
+        terms: None,
+        eval_draws: None,
+        schedule: None,
+        epochs,
+        train_seconds: history.seconds,
+        validation_seconds: history.validation_seconds,
+        eval_seconds: 0.0,
+        figure_seconds: 0.0,
+        samples,
+        extra: BTreeMap::new(),
+        reference: None,
+        seeds: None,
+        figures: Vec::new(),
+        curve_csv: String::new(),
     }
+}
 
+fn terms(ev: &sde::ElboEstimate) -> Terms {
+    Terms {
+        reconstruction: ev.reconstruction,
+        prior_kl: ev.prior_kl,
+        diffusion: ev.diffusion,
+    }
+}
+
+/// The ODE experiment (docs/REFERENCE.md §1): trains, evaluates, samples, draws its figures.
+fn run_ode(ctx: &Ctx) -> Result<Run> {
+    let mut config = ode::OdeConfig::reference();
+    ctx.configure("ode", &mut config.train, &mut config.init_seed, (20, 5));
     println!(
         "ODE (CNF, exact likelihood): {} epochs, {} RK2 steps, lr {}",
         config.train.epochs, config.n_steps, config.train.adam.lr
     );
     let bar = progress(config.train.epochs as u64);
-    let outcome = ode::run(&config, data_run, &device, |e: &Evaluation| {
+    let outcome = ode::run(&config, ctx.data, &ctx.device, |e: &Evaluation| {
         show_epoch(&bar, e, "loss", 1.0)
     })?;
     bar.finish();
     let (ll_rk4, se_rk4) = outcome.val_ll_eval_method;
     let (ll_rk2, se_rk2) = outcome.val_ll_train_method;
-    let train_seconds = outcome.history.seconds;
+    let t0 = Instant::now();
+    let model = outcome.model.detached()?;
+    let n_samples = if ctx.args.quick { 2000 } else { 8000 };
+    let mut rng = TrainRng::seed_from_u64(config.train.seed ^ 0x0de_5a3b);
+    let samples = evaluate::last_to_host(&model.sample(
+        n_samples,
+        OdeMethod::Rk4,
+        config.n_steps,
+        &mut rng,
+        false,
+    )?)?;
+    let ks = evaluate::ks_distance(&samples, &ctx.data.validation);
+    let eval_seconds = t0.elapsed().as_secs_f64();
     println!(
-        "ODE: validation log-likelihood RK4 {ll_rk4:.4} ± {se_rk4:.4}, RK2 {ll_rk2:.4} ± {se_rk2:.4} (sample's true value {:.4}); training {train_seconds:.1} s ({:.1} s validating)",
-        mixture.mean_log_likelihood(&data_run.validation),
+        "ODE: validation log-likelihood RK4 {ll_rk4:.4} ± {se_rk4:.4}, RK2 {ll_rk2:.4} ± {se_rk2:.4} (sample's true value {:.4}); KS {ks:.4}; training {:.1} s ({:.1} s validating)",
+        ctx.val_true(),
+        outcome.history.seconds,
         outcome.history.validation_seconds
     );
-
-    // Figures.
-    let t0 = Instant::now();
-    let xs = y_grid();
-    let grid = Tensor::from_slice(&xs, (xs.len(), 1), &device)?.to_dtype(config.dtype)?;
-    let model = outcome.model.detached()?;
-    let model_ll = host(&model.log_likelihood(&grid, OdeMethod::Rk4, config.n_steps)?)?;
-    let density_png = density_png(
-        &args.out,
-        "ode_density.png",
-        "ODE (CNF): learned density",
-        mixture,
-        &data.train,
-        "CNF (RK4)".into(),
-        xs.iter()
-            .zip(&model_ll)
-            .map(|(&x, &l)| (x, l.exp()))
-            .collect(),
-    )?;
-    let mut rng = TrainRng::seed_from_u64(7);
-    let paths = model.sample(100, OdeMethod::Rk4, config.n_steps, &mut rng, true)?;
-    let paths_png = paths_png(
-        &args.out,
-        "ode_paths.png",
-        "ODE (CNF): sample paths, prior (t = 0) to data (t = 1)",
-        &paths,
-    )?;
-    let curve_png = training_png(
-        &args.out,
-        "ode_training.png",
-        "ODE (CNF): training curve",
-        "log-likelihood",
-        &outcome.history.curve,
-        ("train (minus loss)", |e: &Evaluation| -e.train_loss),
-        "validation (RK2)".into(),
-    )?;
-    let figure_seconds = t0.elapsed().as_secs_f64();
-
-    Ok(json!({
-        "val_log_likelihood": ll_rk4,
-        "val_log_likelihood_se": se_rk4,
-        "val_log_likelihood_rk2": ll_rk2,
-        "val_log_likelihood_rk2_se": se_rk2,
-        "eval_method": "rk4",
-        "n_steps": config.n_steps,
-        "epochs": config.train.epochs,
-        "lr": config.train.adam.lr,
-        "batch_size": config.train.batch_size,
-        "train_seconds": train_seconds,
-        "validation_seconds": outcome.history.validation_seconds,
-        "figure_seconds": figure_seconds,
-        "curve": outcome.history.curve,
-        "figures": [file_name(&density_png), file_name(&paths_png), file_name(&curve_png)],
-        "reference": {"val_log_likelihood_rk2": -3.0249, "val_log_likelihood_rk4_correct_times": -3.0259, "train_seconds": 208.0, "peak_memory_gib": 16.1},
-    }))
+    let mut rep = base_report(
+        "ODE (continuous normalizing flow)",
+        Headline::LogLikelihood,
+        &outcome.history,
+        config.train.epochs,
+        ctx.samples(&samples, ks),
+    );
+    rep.val_log_likelihood = Some(ll_rk4);
+    rep.val_log_likelihood_se = Some(se_rk4);
+    rep.extra.insert("val_log_likelihood_rk2".into(), ll_rk2);
+    rep.extra.insert("val_log_likelihood_rk2_se".into(), se_rk2);
+    rep.eval_seconds = eval_seconds;
+    if ctx.figures {
+        let t0 = Instant::now();
+        let xs = y_grid();
+        let grid = Tensor::from_slice(&xs, (xs.len(), 1), &ctx.device)?.to_dtype(config.dtype)?;
+        let model_ll = host(&model.log_likelihood(&grid, OdeMethod::Rk4, config.n_steps)?)?;
+        let mut rng = TrainRng::seed_from_u64(7);
+        let paths = model.sample(100, OdeMethod::Rk4, config.n_steps, &mut rng, true)?;
+        rep.figures = vec![
+            density_png(
+                ctx,
+                "ode_density.png",
+                "ODE (CNF): learned density",
+                "CNF (RK4)".into(),
+                xs.iter()
+                    .zip(&model_ll)
+                    .map(|(&x, &l)| (x, l.exp()))
+                    .collect(),
+            )?,
+            paths_png(
+                ctx.out,
+                "ode_paths.png",
+                "ODE (CNF): sample paths, prior (t = 0) to data (t = 1)",
+                &paths,
+            )?,
+            training_png(
+                ctx.out,
+                "ode_training.png",
+                "ODE (CNF): training curve",
+                "log-likelihood",
+                &outcome.history.curve,
+                ("train (minus loss)", |e: &Evaluation| -e.train_loss),
+                "validation (RK2)".into(),
+            )?,
+        ];
+        rep.figure_seconds = t0.elapsed().as_secs_f64();
+    }
+    Ok(Run {
+        report: rep,
+        curve: outcome.history.curve,
+    })
 }
 
 /// Bandwidth of the kernel density estimates of generated samples: a quarter of the Laplace
@@ -254,94 +472,55 @@ const Y_COLORS: [(u8, u8, u8); 5] = [
     (130, 50, 160),
 ];
 
-/// The SDE experiment (docs/REFERENCE.md §2): trains, evaluates the validation ELBO with many
-/// draws, samples, draws its figures; returns its part of the report.
-fn run_sde(
-    args: &Args,
-    mixture: &LaplaceMixture,
-    data: &Dataset,
-    data_run: &Dataset,
-    device: &Device,
-) -> Result<serde_json::Value> {
-    let mut config = sde::SdeConfig::reference();
-    config.train.checkpoint = Some(checkpoint(args, "sde"));
-    config.train.resume = args.resume;
-    if args.quick {
-        config.train.epochs = 100;
-        config.train.validate_every = 50;
-        config.eval_draws = 4;
-        config.n_samples = 2000;
-    }
-    println!(
-        "SDE (learned drift, diffusion and Gaussian variational process; SDE ELBO): {} epochs, lr {}, {:?}",
-        config.train.epochs, config.train.adam.lr, config.train.adam.weight_decay
-    );
-    let bar = progress(config.train.epochs as u64);
-    let outcome = sde::run(&config, data_run, device, |e: &Evaluation| {
-        show_epoch(&bar, e, "ELBO", -1.0)
-    })?;
-    bar.finish();
-    let ev = outcome.eval;
-    let val_true = mixture.mean_log_likelihood(&data_run.validation);
-    println!(
-        "SDE: validation ELBO {:.4} ± {:.4} ({} draws per point; reconstruction {:.3}, KL {:.3}, diffusion {:.3}); sample's true log-likelihood {val_true:.4}; KS {:.4}; training {:.1} s ({:.1} s validating), evaluation and sampling {:.1} s",
-        ev.elbo, ev.se, ev.draws, ev.reconstruction, ev.prior_kl, ev.diffusion, outcome.ks,
-        outcome.history.seconds, outcome.history.validation_seconds, outcome.eval_seconds
-    );
-
-    let t0 = Instant::now();
-    let density_png = density_png(
-        &args.out,
-        "sde_density.png",
-        "SDE: density of generated samples",
-        mixture,
-        &data.train,
-        format!(
-            "{} SDE samples (KDE, h = {KDE_BANDWIDTH})",
-            outcome.samples.len()
-        ),
-        kde_curve(&outcome.samples),
-    )?;
-    let mut rng = TrainRng::seed_from_u64(7);
-    let paths = sde::sample(&outcome.model.sde, 100, config.n_steps, &mut rng, true)?;
-    let paths_png = paths_png(
-        &args.out,
-        "sde_paths.png",
-        "SDE: sample paths (Euler–Maruyama), prior to data",
-        &paths,
-    )?;
-
-    // α(y, t), β(y, t) and σ(α(y, t), t) over t for a few y.
-    let model = &outcome.model;
-    let process = model.process.detached()?;
-    let sde_model = model.sde.detached()?;
-    let ys = Tensor::from_slice(&SHOWN_Y, (SHOWN_Y.len(), 1), device)?.to_dtype(config.dtype)?;
-    let ts: Vec<f64> = (0..=100).map(|i| i as f64 / 100.0).collect();
+/// Figure 2 of the paper for a Gaussian variational process: `α(y, t)`, `β(y, t)` and the
+/// generative diffusion `σ(α(y, t), t)` along the mean, over t for [`SHOWN_Y`]; `sigma`
+/// maps a column of `x` and a time to `σ`.
+fn process_figures(
+    ctx: &Ctx,
+    prefix: &str,
+    label: &str,
+    process: &impl GaussianProcess,
+    dtype: candle_core::DType,
+    sigma: impl Fn(&Tensor, f64) -> Result<Tensor>,
+) -> Result<Vec<String>> {
+    let ys = Tensor::from_slice(&SHOWN_Y, (SHOWN_Y.len(), 1), &ctx.device)?.to_dtype(dtype)?;
     let mut alpha = vec![Vec::new(); SHOWN_Y.len()];
     let mut beta = vec![Vec::new(); SHOWN_Y.len()];
-    let mut sigma = vec![Vec::new(); SHOWN_Y.len()];
-    for &t in &ts {
+    let mut sig = vec![Vec::new(); SHOWN_Y.len()];
+    for i in 0..=100 {
+        let t = i as f64 / 100.0;
         let q = process.marginal(&ys, Time::Scalar(t), false)?;
-        let (_, s, _) = sde_model.fields(&q.alpha, Time::Scalar(t))?;
-        for (i, ((a, b), sg)) in host(&q.alpha)?
+        let s = sigma(&q.alpha, t)?;
+        for (k, ((a, b), sg)) in host(&q.alpha)?
             .into_iter()
             .zip(host(&q.beta)?)
             .zip(host(&s)?)
             .enumerate()
         {
-            alpha[i].push((t, a));
-            beta[i].push((t, b));
-            sigma[i].push((t, sg));
+            alpha[k].push((t, a));
+            beta[k].push((t, b));
+            sig[k].push((t, sg));
         }
     }
-    let mut figures = vec![file_name(&density_png), file_name(&paths_png)];
-    for (name, title, values) in [
-        ("sde_alpha.png", "SDE: variational mean α(y, t)", &alpha),
-        ("sde_beta.png", "SDE: variational std β(y, t)", &beta),
+    let mut figures = Vec::new();
+    for (what, axis, title, values) in [
         (
-            "sde_sigma.png",
-            "SDE: diffusion σ(α(y, t), t) along the mean",
-            &sigma,
+            "alpha",
+            "α",
+            format!("{label}: variational mean α(y, t)"),
+            &alpha,
+        ),
+        (
+            "beta",
+            "β",
+            format!("{label}: variational std β(y, t)"),
+            &beta,
+        ),
+        (
+            "sigma",
+            "σ",
+            format!("{label}: diffusion σ(α(y, t), t) along the mean"),
+            &sig,
         ),
     ] {
         let curves: Vec<Curve> = values
@@ -350,66 +529,148 @@ fn run_sde(
             .zip(Y_COLORS)
             .map(|((pts, y), c)| Curve::new(format!("y = {y}"), pts.clone(), c))
             .collect();
-        let png = args.out.join(name);
-        plot::line_figure(
-            &png,
-            &Figure::new(title, "t", name[4..name.len() - 4].to_string()),
-            &curves,
-        )?;
-        figures.push(file_name(&png));
+        let path = ctx.out.join(format!("{prefix}_{what}.png"));
+        plot::line_figure(&path, &Figure::new(title, "t", axis), &curves)?;
+        figures.push(file_name(&path));
     }
-    let curve_png = training_png(
-        &args.out,
-        "sde_training.png",
-        "SDE: training curve",
-        "ELBO",
-        &outcome.history.curve,
-        ("train (one draw per point)", |e: &Evaluation| -e.train_loss),
-        format!("validation ({} draws per point)", config.train_val_draws),
-    )?;
-    figures.push(file_name(&curve_png));
-    let beta1 = host(&process.beta1()?)?.first().copied();
-    Ok(json!({
-        "val_elbo": ev.elbo,
-        "val_elbo_se": ev.se,
-        "eval_draws": ev.draws,
-        "terms": {
-            "reconstruction": ev.reconstruction,
-            "prior_kl": ev.prior_kl,
-            "diffusion": ev.diffusion,
-        },
-        "beta1": beta1,
-        "epochs": config.train.epochs,
-        "train_seconds": outcome.history.seconds,
-        "validation_seconds": outcome.history.validation_seconds,
-        "eval_seconds": outcome.eval_seconds,
-        "figure_seconds": t0.elapsed().as_secs_f64(),
-        "samples": {
-            "n": outcome.samples.len(),
-            "ks": outcome.ks,
-            "w1": evaluate::wasserstein1(&outcome.samples, &data_run.validation),
-        },
-        "curve": outcome.history.curve,
-        "figures": figures,
-        "reference": {"val_elbo_20_draws": -3.038, "val_elbo_20_draws_se": 0.008, "train_seconds": 63.0},
-    }))
+    Ok(figures)
 }
 
-/// The VDM experiment (docs/REFERENCE.md §3): trains, evaluates the validation ELBO with many draws,
-/// samples, draws its figures; returns its part of the report.
-fn run_vdm(
-    args: &Args,
-    mixture: &LaplaceMixture,
-    data: &Dataset,
-    data_run: &Dataset,
-    device: &Device,
-) -> Result<serde_json::Value> {
+/// Where in time an SDE model's ELBO loses its nats: the drift-matching integrand `F(t)`
+/// averaged over (at most 2,000) validation points, at 40 mid-interval times.
+fn elbo_over_t_figure(
+    ctx: &Ctx,
+    prefix: &str,
+    label: &str,
+    process: &impl GaussianProcess,
+    model: &impl GenerativeSde,
+    dtype: candle_core::DType,
+) -> Result<String> {
+    let n = ctx.data.validation.len().min(2000);
+    let val =
+        Tensor::from_slice(&ctx.data.validation[..n], (n, 1), &ctx.device)?.to_dtype(dtype)?;
+    let ts: Vec<f64> = (0..40).map(|i| (i as f64 + 0.5) / 40.0).collect();
+    let mut rng = TrainRng::seed_from_u64(11);
+    let profile = evaluate::diffusion_profile(process, model, &val, &ts, 2, &mut rng)?;
+    let path = ctx.out.join(format!("{prefix}_elbo_over_t.png"));
+    plot::line_figure(
+        &path,
+        &Figure::new(
+            format!("{label}: ELBO drift-matching integrand F(t)"),
+            "t",
+            "nats per unit time",
+        ),
+        &[Curve::new(
+            "F(t) = E[(f − f_q)² / 2σ²] (its integral is the diffusion term)",
+            profile,
+            (200, 40, 40),
+        )],
+    )?;
+    Ok(file_name(&path))
+}
+
+/// The SDE experiment (docs/REFERENCE.md §2): trains, evaluates the validation ELBO with many
+/// draws, samples, draws its figures.
+fn run_sde(ctx: &Ctx) -> Result<Run> {
+    let mut config = sde::SdeConfig::reference();
+    ctx.configure("sde", &mut config.train, &mut config.init_seed, (100, 50));
+    if ctx.args.quick {
+        config.eval_draws = 4;
+        config.n_samples = 2000;
+    }
+    println!(
+        "SDE (learned drift, diffusion and Gaussian variational process; SDE ELBO): {} epochs, lr {}, {:?}",
+        config.train.epochs, config.train.adam.lr, config.train.adam.weight_decay
+    );
+    let bar = progress(config.train.epochs as u64);
+    let outcome = sde::run(&config, ctx.data, &ctx.device, |e: &Evaluation| {
+        show_epoch(&bar, e, "ELBO", -1.0)
+    })?;
+    bar.finish();
+    let ev = outcome.eval;
+    println!(
+        "SDE: validation ELBO {:.4} ± {:.4} ({} draws per point; reconstruction {:.3}, KL {:.3}, diffusion {:.3}); sample's true log-likelihood {:.4}; KS {:.4}; training {:.1} s ({:.1} s validating), evaluation and sampling {:.1} s",
+        ev.elbo, ev.se, ev.draws, ev.reconstruction, ev.prior_kl, ev.diffusion, ctx.val_true(), outcome.ks,
+        outcome.history.seconds, outcome.history.validation_seconds, outcome.eval_seconds
+    );
+    let process = outcome.model.process.detached()?;
+    let sde_model = outcome.model.sde.detached()?;
+    let mut rep = base_report(
+        "SDE (learned Gaussian variational process)",
+        Headline::Elbo,
+        &outcome.history,
+        config.train.epochs,
+        ctx.samples(&outcome.samples, outcome.ks),
+    );
+    rep.val_elbo = Some(ev.elbo);
+    rep.val_elbo_se = Some(ev.se);
+    rep.terms = Some(terms(&ev));
+    rep.eval_draws = Some(ev.draws);
+    rep.eval_seconds = outcome.eval_seconds;
+    if let Some(b) = host(&process.beta1()?)?.first() {
+        rep.extra.insert("beta1".into(), *b);
+    }
+    if ctx.figures {
+        let t0 = Instant::now();
+        let mut rng = TrainRng::seed_from_u64(7);
+        let paths = sde::sample(&outcome.model.sde, 100, config.n_steps, &mut rng, true)?;
+        rep.figures = vec![
+            density_png(
+                ctx,
+                "sde_density.png",
+                "SDE: density of generated samples",
+                format!(
+                    "{} SDE samples (KDE, h = {KDE_BANDWIDTH})",
+                    outcome.samples.len()
+                ),
+                kde_curve(&outcome.samples),
+            )?,
+            paths_png(
+                ctx.out,
+                "sde_paths.png",
+                "SDE: sample paths (Euler–Maruyama), prior to data",
+                &paths,
+            )?,
+        ];
+        rep.figures.extend(process_figures(
+            ctx,
+            "sde",
+            "SDE",
+            &process,
+            config.dtype,
+            |x, t| Ok(sde_model.fields(x, Time::Scalar(t))?.1),
+        )?);
+        rep.figures.push(elbo_over_t_figure(
+            ctx,
+            "sde",
+            "SDE",
+            &process,
+            &sde_model,
+            config.dtype,
+        )?);
+        rep.figures.push(training_png(
+            ctx.out,
+            "sde_training.png",
+            "SDE: training curve",
+            "ELBO",
+            &outcome.history.curve,
+            ("train (one draw per point)", |e: &Evaluation| -e.train_loss),
+            format!("validation ({} draws per point)", config.train_val_draws),
+        )?);
+        rep.figure_seconds = t0.elapsed().as_secs_f64();
+    }
+    Ok(Run {
+        report: rep,
+        curve: outcome.history.curve,
+    })
+}
+
+/// The VDM experiment (docs/REFERENCE.md §3): trains, evaluates the validation ELBO with many
+/// draws, samples, draws its figures.
+fn run_vdm(ctx: &Ctx) -> Result<Run> {
     let mut config = vdm::VdmConfig::reference();
-    config.train.checkpoint = Some(checkpoint(args, "vdm"));
-    config.train.resume = args.resume;
-    if args.quick {
-        config.train.epochs = 300;
-        config.train.validate_every = 100;
+    ctx.configure("vdm", &mut config.train, &mut config.init_seed, (300, 100));
+    if ctx.args.quick {
         config.eval_draws = 4;
         config.n_samples = 2000;
     }
@@ -418,7 +679,7 @@ fn run_vdm(
         config.train.epochs, config.train.adam.lr, config.train.adam.max_grad_norm
     );
     let bar = progress(config.train.epochs as u64);
-    let outcome = vdm::run(&config, data_run, device, |e: &Evaluation| {
+    let outcome = vdm::run(&config, ctx.data, &ctx.device, |e: &Evaluation| {
         show_epoch(&bar, e, "ELBO", -1.0)
     })?;
     bar.finish();
@@ -429,107 +690,119 @@ fn run_vdm(
         ev.elbo, ev.se, ev.draws, ev.reconstruction, ev.prior_kl, ev.diffusion, outcome.ks,
         outcome.history.seconds, outcome.history.validation_seconds
     );
-    let t0 = Instant::now();
-    let density_png = density_png(
-        &args.out,
-        "vdm_density.png",
-        "VDM: density of generated samples",
-        mixture,
-        &data.train,
-        format!(
-            "{} VDM samples (KDE, h = {KDE_BANDWIDTH})",
-            outcome.samples.len()
-        ),
-        kde_curve(&outcome.samples),
-    )?;
-    let mut rng = TrainRng::seed_from_u64(7);
-    let paths = vdm::sample(&outcome.model.sde, 100, config.n_steps, &mut rng, true)?;
-    let paths_png = paths_png(
-        &args.out,
-        "vdm_paths.png",
-        "VDM: sample paths (Euler–Maruyama), prior to data",
-        &paths,
-    )?;
-    let schedule_png = args.out.join("vdm_schedule.png");
-    let line = |a: f64, b: f64| -> Vec<(f64, f64)> {
-        (0..=100)
-            .map(|i| {
-                let t = i as f64 / 100.0;
-                (t, (1.0 - t) * a + t * b)
-            })
-            .collect()
-    };
-    plot::line_figure(
-        &schedule_png,
-        &Figure::new("VDM: log-SNR schedule λ(t)", "t", "log SNR"),
-        &[
-            Curve::new(
-                format!("initial ({}, {})", config.lambda.0, config.lambda.1),
-                line(config.lambda.0, config.lambda.1),
-                (120, 120, 120),
-            ),
-            Curve::new(
-                format!("learned ({l0:.2}, {l1:.2})"),
-                line(l0, l1),
-                (200, 40, 40),
-            ),
-        ],
-    )?;
-    let curve_png = training_png(
-        &args.out,
-        "vdm_training.png",
-        "VDM: training curve",
-        "ELBO",
-        &outcome.history.curve,
-        ("train (one draw per point)", |e: &Evaluation| -e.train_loss),
-        format!("validation ({} draws per point)", config.train_val_draws),
-    )?;
-    Ok(json!({
-        "val_elbo": ev.elbo,
-        "val_elbo_se": ev.se,
-        "eval_draws": ev.draws,
-        "terms": {
-            "reconstruction": ev.reconstruction,
-            "prior_kl": ev.prior_kl,
-            "diffusion": ev.diffusion,
-        },
-        "schedule": {"lambda_0": l0, "lambda_1": l1},
-        "epochs": config.train.epochs,
-        "train_seconds": outcome.history.seconds,
-        "validation_seconds": outcome.history.validation_seconds,
-        "eval_seconds": outcome.eval_seconds,
-        "figure_seconds": t0.elapsed().as_secs_f64(),
-        "samples": {
-            "n": outcome.samples.len(),
-            "ks": outcome.ks,
-            "w1": evaluate::wasserstein1(&outcome.samples, &data_run.validation),
-        },
-        "curve": outcome.history.curve,
-        "figures": [file_name(&density_png), file_name(&paths_png), file_name(&schedule_png), file_name(&curve_png)],
-        "reference": {"val_elbo_20_draws": -3.320, "val_elbo_20_draws_se": 0.015, "lambda": [-5.41, 4.35], "train_seconds": 55.0},
-    }))
+    let mut rep = base_report(
+        "VDM (variational diffusion model)",
+        Headline::Elbo,
+        &outcome.history,
+        config.train.epochs,
+        ctx.samples(&outcome.samples, outcome.ks),
+    );
+    rep.val_elbo = Some(ev.elbo);
+    rep.val_elbo_se = Some(ev.se);
+    rep.terms = Some(terms(&ev));
+    rep.eval_draws = Some(ev.draws);
+    rep.schedule = Some(Schedule {
+        lambda_0: l0,
+        lambda_1: l1,
+    });
+    rep.eval_seconds = outcome.eval_seconds;
+    if ctx.figures {
+        let t0 = Instant::now();
+        let sde_model = outcome.model.sde.detached()?;
+        let schedule = sde_model.schedule().clone();
+        let mut rng = TrainRng::seed_from_u64(7);
+        let paths = vdm::sample(&outcome.model.sde, 100, config.n_steps, &mut rng, true)?;
+        rep.figures = vec![
+            density_png(
+                ctx,
+                "vdm_density.png",
+                "VDM: density of generated samples",
+                format!(
+                    "{} VDM samples (KDE, h = {KDE_BANDWIDTH})",
+                    outcome.samples.len()
+                ),
+                kde_curve(&outcome.samples),
+            )?,
+            paths_png(
+                ctx.out,
+                "vdm_paths.png",
+                "VDM: sample paths (Euler–Maruyama), prior to data",
+                &paths,
+            )?,
+        ];
+        rep.figures.extend(process_figures(
+            ctx,
+            "vdm",
+            "VDM",
+            &schedule,
+            config.dtype,
+            |x, t| {
+                let tt = Tensor::full(t, x.dims(), x.device())?.to_dtype(x.dtype())?;
+                Ok(schedule.diffusion(&tt)?.sigma2.sqrt()?)
+            },
+        )?);
+        rep.figures.push(elbo_over_t_figure(
+            ctx,
+            "vdm",
+            "VDM",
+            &schedule,
+            &sde_model,
+            config.dtype,
+        )?);
+        let line = |a: f64, b: f64| -> Vec<(f64, f64)> {
+            (0..=100)
+                .map(|i| {
+                    let t = i as f64 / 100.0;
+                    (t, (1.0 - t) * a + t * b)
+                })
+                .collect()
+        };
+        let schedule_png = ctx.out.join("vdm_schedule.png");
+        plot::line_figure(
+            &schedule_png,
+            &Figure::new("VDM: log-SNR schedule λ(t)", "t", "log SNR"),
+            &[
+                Curve::new(
+                    format!("initial ({}, {})", config.lambda.0, config.lambda.1),
+                    line(config.lambda.0, config.lambda.1),
+                    (120, 120, 120),
+                ),
+                Curve::new(
+                    format!("learned ({l0:.2}, {l1:.2})"),
+                    line(l0, l1),
+                    (200, 40, 40),
+                ),
+            ],
+        )?;
+        rep.figures.push(file_name(&schedule_png));
+        rep.figures.push(training_png(
+            ctx.out,
+            "vdm_training.png",
+            "VDM: training curve",
+            "ELBO",
+            &outcome.history.curve,
+            ("train (one draw per point)", |e: &Evaluation| -e.train_loss),
+            format!("validation ({} draws per point)", config.train_val_draws),
+        )?);
+        rep.figure_seconds = t0.elapsed().as_secs_f64();
+    }
+    Ok(Run {
+        report: rep,
+        curve: outcome.history.curve,
+    })
 }
 
-/// The flow-matching experiment (docs/REFERENCE.md §4): trains, evaluates the exact likelihood
-/// through the probability-flow ODE, samples, draws its figures; returns its part of the report.
-fn run_fm(
-    args: &Args,
-    learned: bool,
-    mixture: &LaplaceMixture,
-    data: &Dataset,
-    data_run: &Dataset,
-    device: &Device,
-) -> Result<serde_json::Value> {
+/// The flow-matching experiment (docs/REFERENCE.md §4), or with `learned` its variant with
+/// learned β₀, β₁ on the σ-weighted ELBO: trains, evaluates the exact likelihood through the
+/// probability-flow ODE, samples, draws its figures.
+fn run_fm(ctx: &Ctx, learned: bool) -> Result<Run> {
     let (mut config, name, label) = if learned {
         (fm::FmConfig::learned(), "fm_elbo", "FM-ELBO")
     } else {
         (fm::FmConfig::reference(), "fm", "FM")
     };
-    config.train.checkpoint = Some(checkpoint(args, name));
-    config.train.resume = args.resume;
-    if args.quick {
-        config.train.epochs = 300;
-        config.train.validate_every = 100;
+    ctx.configure(name, &mut config.train, &mut config.init_seed, (300, 100));
+    if ctx.args.quick {
         config.n_samples = 2000;
     }
     let (b0, b1) = config.betas;
@@ -541,7 +814,7 @@ fn run_fm(
         config.train.adam.lr
     );
     let bar = progress(config.train.epochs as u64);
-    let outcome = fm::run(&config, data_run, device, |e: &Evaluation| {
+    let outcome = fm::run(&config, ctx.data, &ctx.device, |e: &Evaluation| {
         show_epoch(&bar, e, "loss", 1.0)
     })?;
     bar.finish();
@@ -552,89 +825,86 @@ fn run_fm(
         outcome.val.loss.0, config.delta, outcome.val.elbo.0, outcome.val.elbo.1, outcome.ks, outcome.sde_ks,
         outcome.history.seconds, outcome.history.validation_seconds, outcome.eval_seconds
     );
-    let t0 = Instant::now();
-    let xs = y_grid();
-    let grid = Tensor::from_slice(&xs, (xs.len(), 1), device)?.to_dtype(config.dtype)?;
-    let flow = outcome.model.flow()?.detached()?;
-    let model_ll = host(&flow.log_likelihood(&grid, OdeMethod::Rk4, config.n_steps)?)?;
-    let density_png = density_png(
-        &args.out,
-        &format!("{name}_density.png"),
-        &format!("{label}: learned density (exact, RK4)"),
-        mixture,
-        &data.train,
-        "flow matching (RK4)".into(),
-        xs.iter()
-            .zip(&model_ll)
-            .map(|(&x, &l)| (x, l.exp()))
-            .collect(),
-    )?;
-    let mut rng = TrainRng::seed_from_u64(7);
-    let paths = flow.sample(100, OdeMethod::Rk4, config.n_steps, &mut rng, true)?;
-    let paths_png = paths_png(
-        &args.out,
-        &format!("{name}_paths.png"),
-        &format!("{label}: sample paths (RK4), prior to data"),
-        &paths,
-    )?;
-    let curve_png = training_png(
-        &args.out,
-        &format!("{name}_training.png"),
-        &format!("{label}: training curve"),
-        "loss",
-        &outcome.history.curve,
-        ("train", |e: &Evaluation| e.train_loss),
-        format!("validation ({} draws per point)", config.val_draws),
-    )?;
-    Ok(json!({
-        "val_log_likelihood": ll,
-        "val_log_likelihood_se": se,
-        "eval_method": "rk4",
-        "val_loss": outcome.val.loss.0,
-        "val_loss_se": outcome.val.loss.1,
-        "val_elbo": outcome.val.elbo.0,
-        "val_elbo_se": outcome.val.elbo.1,
-        "delta": config.delta,
-        "betas": [b0, b1],
-        "learned_betas": config.learn_betas,
-        "weighting": format!("{:?}", config.weighting),
-        "epochs": config.train.epochs,
-        "train_seconds": outcome.history.seconds,
-        "validation_seconds": outcome.history.validation_seconds,
-        "eval_seconds": outcome.eval_seconds,
-        "figure_seconds": t0.elapsed().as_secs_f64(),
-        "samples": {
-            "n": outcome.samples.len(),
-            "ks": outcome.ks,
-            "w1": evaluate::wasserstein1(&outcome.samples, &data_run.validation),
-        },
-        "sde_samples": {
-            "n": outcome.sde_samples.len(),
-            "ks": outcome.sde_ks,
-            "w1": evaluate::wasserstein1(&outcome.sde_samples, &data_run.validation),
-            "sampler": "Euler–Maruyama on v + ½σ²∇log q (score from velocity), σ = β_t",
-        },
-        "curve": outcome.history.curve,
-        "figures": [file_name(&density_png), file_name(&paths_png), file_name(&curve_png)],
-        "reference": {"val_log_likelihood_rk4": -3.023, "val_log_likelihood_se": 0.007, "train_loss_end": 8.9, "elbo_delta_0.01": -14.1, "train_seconds": 57.0},
-    }))
+    let title = if learned {
+        "Flow matching, learned β₀, β₁ (σ-weighted ELBO)"
+    } else {
+        "Flow matching"
+    };
+    let mut rep = base_report(
+        title,
+        Headline::LogLikelihood,
+        &outcome.history,
+        config.train.epochs,
+        ctx.samples(&outcome.samples, outcome.ks),
+    );
+    rep.val_log_likelihood = Some(ll);
+    rep.val_log_likelihood_se = Some(se);
+    rep.val_elbo = Some(outcome.val.elbo.0);
+    rep.val_elbo_se = Some(outcome.val.elbo.1);
+    rep.eval_seconds = outcome.eval_seconds;
+    for (k, v) in [
+        ("val_loss", outcome.val.loss.0),
+        ("val_loss_se", outcome.val.loss.1),
+        ("delta", config.delta),
+        ("beta0", b0),
+        ("beta1", b1),
+        ("sde_samples_ks", outcome.sde_ks),
+        (
+            "sde_samples_w1",
+            evaluate::wasserstein1(&outcome.sde_samples, &ctx.data.validation),
+        ),
+    ] {
+        rep.extra.insert(k.into(), v);
+    }
+    if ctx.figures {
+        let t0 = Instant::now();
+        let xs = y_grid();
+        let grid = Tensor::from_slice(&xs, (xs.len(), 1), &ctx.device)?.to_dtype(config.dtype)?;
+        let flow = outcome.model.flow()?.detached()?;
+        let model_ll = host(&flow.log_likelihood(&grid, OdeMethod::Rk4, config.n_steps)?)?;
+        let mut rng = TrainRng::seed_from_u64(7);
+        let paths = flow.sample(100, OdeMethod::Rk4, config.n_steps, &mut rng, true)?;
+        rep.figures = vec![
+            density_png(
+                ctx,
+                &format!("{name}_density.png"),
+                &format!("{label}: learned density (exact, RK4)"),
+                "flow matching (RK4)".into(),
+                xs.iter()
+                    .zip(&model_ll)
+                    .map(|(&x, &l)| (x, l.exp()))
+                    .collect(),
+            )?,
+            paths_png(
+                ctx.out,
+                &format!("{name}_paths.png"),
+                &format!("{label}: sample paths (RK4), prior to data"),
+                &paths,
+            )?,
+            training_png(
+                ctx.out,
+                &format!("{name}_training.png"),
+                &format!("{label}: training curve"),
+                "loss",
+                &outcome.history.curve,
+                ("train", |e: &Evaluation| e.train_loss),
+                format!("validation ({} draws per point)", config.val_draws),
+            )?,
+        ];
+        rep.figure_seconds = t0.elapsed().as_secs_f64();
+    }
+    Ok(Run {
+        report: rep,
+        curve: outcome.history.curve,
+    })
 }
 
 /// The score-matching run (not in the paper; VDM's network and budget): trains, evaluates its
 /// ELBO and its exact probability-flow likelihood, samples, draws its figures.
-fn run_sm(
-    args: &Args,
-    mixture: &LaplaceMixture,
-    data: &Dataset,
-    data_run: &Dataset,
-    device: &Device,
-) -> Result<serde_json::Value> {
+fn run_sm(ctx: &Ctx) -> Result<Run> {
     let mut config = sm::SmConfig::reference();
-    config.train.checkpoint = Some(checkpoint(args, "sm"));
-    config.train.resume = args.resume;
-    if args.quick {
-        config.train.epochs = 300;
-        config.train.validate_every = 100;
+    ctx.configure("sm", &mut config.train, &mut config.init_seed, (300, 100));
+    if ctx.args.quick {
         config.eval_draws = 4;
         config.n_samples = 2000;
     }
@@ -643,7 +913,7 @@ fn run_sm(
         config.lambda, config.train.epochs, config.train.adam.lr
     );
     let bar = progress(config.train.epochs as u64);
-    let outcome = sm::run(&config, data_run, device, |e: &Evaluation| {
+    let outcome = sm::run(&config, ctx.data, &ctx.device, |e: &Evaluation| {
         show_epoch(&bar, e, "ELBO", -1.0)
     })?;
     bar.finish();
@@ -653,77 +923,77 @@ fn run_sm(
         "SM: validation ELBO {:.4} ± {:.4}; exact probability-flow log-likelihood (RK4) {ll:.4} ± {se:.4}; KS {:.4}; training {:.1} s, evaluation and sampling {:.1} s",
         ev.elbo, ev.se, outcome.ks, outcome.history.seconds, outcome.eval_seconds
     );
-    let t0 = Instant::now();
-    let xs = y_grid();
-    let grid = Tensor::from_slice(&xs, (xs.len(), 1), device)?.to_dtype(config.dtype)?;
-    let sde_model = outcome.model.sde.detached()?;
-    let model_ll =
-        host(&ScoreFlow(&sde_model).log_likelihood(&grid, OdeMethod::Rk4, config.n_steps)?)?;
-    let density_png = density_png(
-        &args.out,
-        "sm_density.png",
-        "Score matching: probability-flow density (exact, RK4)",
-        mixture,
-        &data.train,
-        "score model (RK4)".into(),
-        xs.iter()
-            .zip(&model_ll)
-            .map(|(&x, &l)| (x, l.exp()))
-            .collect(),
-    )?;
-    let mut rng = TrainRng::seed_from_u64(7);
-    let paths = evaluate::sample_sde(
-        &sde_model,
-        100,
-        config.n_steps,
-        (config.dtype, device),
-        &mut rng,
-        true,
-    )?;
-    let paths_png = paths_png(
-        &args.out,
-        "sm_paths.png",
-        "Score matching: sample paths (Euler–Maruyama), prior to data",
-        &paths,
-    )?;
-    let curve_png = training_png(
-        &args.out,
-        "sm_training.png",
-        "Score matching: training curve",
-        "ELBO",
-        &outcome.history.curve,
-        ("train (one draw per point)", |e: &Evaluation| -e.train_loss),
-        format!("validation ({} draws per point)", config.train_val_draws),
-    )?;
-    Ok(json!({
-        "val_elbo": ev.elbo,
-        "val_elbo_se": ev.se,
-        "eval_draws": ev.draws,
-        "terms": {
-            "reconstruction": ev.reconstruction,
-            "prior_kl": ev.prior_kl,
-            "diffusion": ev.diffusion,
-        },
-        "val_log_likelihood": ll,
-        "val_log_likelihood_se": se,
-        "epochs": config.train.epochs,
-        "train_seconds": outcome.history.seconds,
-        "eval_seconds": outcome.eval_seconds,
-        "figure_seconds": t0.elapsed().as_secs_f64(),
-        "samples": {
-            "n": outcome.samples.len(),
-            "ks": outcome.ks,
-            "w1": evaluate::wasserstein1(&outcome.samples, &data_run.validation),
-        },
-        "curve": outcome.history.curve,
-        "figures": [file_name(&density_png), file_name(&paths_png), file_name(&curve_png)],
-    }))
-}
-
-/// The checkpoint file of `model` in the output folder (a separate one for quick runs).
-fn checkpoint(args: &Args, model: &str) -> PathBuf {
-    let suffix = if args.quick { "-quick" } else { "" };
-    args.out.join(format!("{model}{suffix}.safetensors"))
+    let mut rep = base_report(
+        "Score matching (denoising, VP process)",
+        Headline::Elbo,
+        &outcome.history,
+        config.train.epochs,
+        ctx.samples(&outcome.samples, outcome.ks),
+    );
+    rep.val_elbo = Some(ev.elbo);
+    rep.val_elbo_se = Some(ev.se);
+    rep.terms = Some(terms(&ev));
+    rep.eval_draws = Some(ev.draws);
+    rep.val_log_likelihood = Some(ll);
+    rep.val_log_likelihood_se = Some(se);
+    rep.eval_seconds = outcome.eval_seconds;
+    if ctx.figures {
+        let t0 = Instant::now();
+        let xs = y_grid();
+        let grid = Tensor::from_slice(&xs, (xs.len(), 1), &ctx.device)?.to_dtype(config.dtype)?;
+        let sde_model = outcome.model.sde.detached()?;
+        let model_ll =
+            host(&ScoreFlow(&sde_model).log_likelihood(&grid, OdeMethod::Rk4, config.n_steps)?)?;
+        let mut rng = TrainRng::seed_from_u64(7);
+        let paths = evaluate::sample_sde(
+            &sde_model,
+            100,
+            config.n_steps,
+            (config.dtype, &ctx.device),
+            &mut rng,
+            true,
+        )?;
+        rep.figures = vec![
+            density_png(
+                ctx,
+                "sm_density.png",
+                "Score matching: probability-flow density (exact, RK4)",
+                "score model (RK4)".into(),
+                xs.iter()
+                    .zip(&model_ll)
+                    .map(|(&x, &l)| (x, l.exp()))
+                    .collect(),
+            )?,
+            paths_png(
+                ctx.out,
+                "sm_paths.png",
+                "Score matching: sample paths (Euler–Maruyama), prior to data",
+                &paths,
+            )?,
+            elbo_over_t_figure(
+                ctx,
+                "sm",
+                "Score matching",
+                sde_model.schedule(),
+                &sde_model,
+                config.dtype,
+            )?,
+            training_png(
+                ctx.out,
+                "sm_training.png",
+                "Score matching: training curve",
+                "ELBO",
+                &outcome.history.curve,
+                ("train (one draw per point)", |e: &Evaluation| -e.train_loss),
+                format!("validation ({} draws per point)", config.train_val_draws),
+            )?,
+        ];
+        rep.figure_seconds = t0.elapsed().as_secs_f64();
+    }
+    Ok(Run {
+        report: rep,
+        curve: outcome.history.curve,
+    })
 }
 
 /// Shows epoch `e` on `bar`: `label` with `sign × loss` (−1 for an ELBO or likelihood, +1 for a
@@ -754,38 +1024,37 @@ fn host(t: &Tensor) -> Result<Vec<f64>> {
     Ok(evaluate::to_host(t)?)
 }
 
-/// Draws `out/name`: the training data's histogram, the true density and a model's density.
+/// Draws `out/name` (PNG and SVG): the training data's histogram, the true density and a
+/// model's density; returns the PNG's file name.
 fn density_png(
-    out: &Path,
+    ctx: &Ctx,
     name: &str,
     title: &str,
-    mixture: &LaplaceMixture,
-    train: &[f64],
     label: String,
     model: Vec<(f64, f64)>,
-) -> Result<PathBuf> {
-    let path = out.join(name);
+) -> Result<String> {
+    let path = ctx.out.join(name);
     let xs = y_grid();
     plot::density_figure(
         &path,
         &Figure::new(title, "y", "density").with_x_range(-14.0, 14.0),
-        train,
+        &ctx.data.train,
         80,
         &[
             Curve::new(
                 "true density",
-                xs.iter().map(|&x| (x, mixture.density(x))).collect(),
+                xs.iter().map(|&x| (x, ctx.dist.density(x))).collect(),
                 (40, 40, 40),
             ),
             Curve::new(label, model, (200, 40, 40)),
         ],
     )?;
-    Ok(path)
+    Ok(file_name(&path))
 }
 
 /// Draws `out/name`: sample paths from recorded states, one `(n, 1)` tensor per point of a
 /// uniform grid on [0, 1].
-fn paths_png(out: &Path, name: &str, title: &str, states: &[Tensor]) -> Result<PathBuf> {
+fn paths_png(out: &Path, name: &str, title: &str, states: &[Tensor]) -> Result<String> {
     let columns: Vec<Vec<f64>> = states.iter().map(host).collect::<Result<_>>()?;
     let n_steps = columns.len().saturating_sub(1).max(1) as f64;
     let n_paths = columns.first().map_or(0, Vec::len);
@@ -807,7 +1076,7 @@ fn paths_png(out: &Path, name: &str, title: &str, states: &[Tensor]) -> Result<P
         &lines,
         (30, 90, 180),
     )?;
-    Ok(path)
+    Ok(file_name(&path))
 }
 
 /// Draws `out/name`: a training figure per epoch (`train.1` of each [`Evaluation`], labelled
@@ -820,7 +1089,7 @@ fn training_png(
     curve: &[Evaluation],
     train: (&str, fn(&Evaluation) -> f64),
     validation: String,
-) -> Result<PathBuf> {
+) -> Result<String> {
     let path = out.join(name);
     plot::line_figure(
         &path,
@@ -844,7 +1113,7 @@ fn training_png(
             ),
         ],
     )?;
-    Ok(path)
+    Ok(file_name(&path))
 }
 
 fn file_name(p: &Path) -> String {
@@ -856,9 +1125,11 @@ fn file_name(p: &Path) -> String {
 fn progress(len: u64) -> ProgressBar {
     let bar = ProgressBar::new(len);
     bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] epoch {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] epoch {pos}/{len} ETA {eta} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     bar
 }

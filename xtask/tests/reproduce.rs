@@ -63,10 +63,51 @@ fn quick_reproduce_writes_report_and_figures() {
     // nat; the loss contains the irreducible conditional variance (≈ 8.9 at convergence).
     let fm = num("/models/fm/val_log_likelihood");
     assert!(fm < truth + 0.05 && fm > truth - 1.0, "{fm}");
-    assert!(num("/models/fm/val_loss") > 5.0);
+    assert!(num("/models/fm/extra/val_loss") > 5.0);
     assert!(num("/models/fm/samples/ks") < 0.3);
     assert!(num("/total_seconds") > 0.0);
+    assert!(num("/peak_memory_bytes") > 0.0);
+    // Every paper model reports sample quality and the reference code's figure.
+    for m in ["ode", "sde", "vdm", "fm"] {
+        let ks = num(&format!("/models/{m}/samples/ks"));
+        let w1 = num(&format!("/models/{m}/samples/w1"));
+        assert!(
+            ks > 0.0 && ks < 0.3 && w1 > 0.0 && w1 < 2.0,
+            "{m}: {ks} {w1}"
+        );
+        assert!(num(&format!("/models/{m}/reference/value")) < -2.9);
+        // The CSV curve has a header and one row per epoch.
+        let csv = std::fs::read_to_string(out.join(format!("{m}_curve.csv"))).unwrap();
+        let epochs = num(&format!("/models/{m}/epochs")) as usize;
+        assert!(csv.starts_with("epoch,train_loss,grad_norm"), "{m}");
+        assert_eq!(csv.lines().count(), epochs + 1, "{m}");
+        // Every listed figure exists as PNG and SVG.
+        let figures = report.pointer(&format!("/models/{m}/figures")).unwrap();
+        for f in figures.as_array().unwrap() {
+            let png = out.join(f.as_str().unwrap());
+            assert!(png.exists(), "{}", png.display());
+            let svg = std::fs::read_to_string(png.with_extension("svg")).unwrap();
+            assert!(svg.contains("<svg"), "{}", png.display());
+        }
+    }
+    // report.md: the table names every model and embeds its figures.
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for needle in [
+        "| model |",
+        "(`ode`)",
+        "(`sde`)",
+        "(`vdm`)",
+        "(`fm`)",
+        "![sde_density.png]",
+    ] {
+        assert!(md.contains(needle), "report.md lacks {needle}");
+    }
     for png in [
+        "sde_elbo_over_t.png",
+        "vdm_alpha.png",
+        "vdm_beta.png",
+        "vdm_sigma.png",
+        "vdm_elbo_over_t.png",
         "ode_density.png",
         "ode_paths.png",
         "ode_training.png",
@@ -91,4 +132,86 @@ fn quick_reproduce_writes_report_and_figures() {
         );
     }
     std::fs::remove_dir_all(&out).ok();
+}
+
+fn xtask(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .env("CANDLE_NUM_THREADS", "1")
+        .env("RAYON_NUM_THREADS", "1")
+        .output()
+        .expect("run xtask")
+}
+
+#[test]
+fn the_options_select_data_sizes_epochs_and_seeds() {
+    let out = std::env::temp_dir().join(format!("sde-reproduce-opts-{}", std::process::id()));
+    let o = xtask(&[
+        "reproduce",
+        "--quick",
+        "--only",
+        "vdm",
+        "--data",
+        "gaussian",
+        "--n-train",
+        "250",
+        "--n-val",
+        "300",
+        "--epochs-scale",
+        "0.1",
+        "--seeds",
+        "2",
+        "--seed",
+        "5",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let num = |path: &str| report.pointer(path).and_then(|v| v.as_f64()).unwrap();
+    assert_eq!(report.pointer("/data/name").unwrap(), "gaussian");
+    assert_eq!(num("/data/n_train"), 250.0);
+    assert_eq!(num("/data/n_validation"), 300.0);
+    // N(−1, 2²): −½ ln(2πe·4).
+    let exact = -0.5 * (8.0 * std::f64::consts::PI * std::f64::consts::E).ln();
+    assert!((num("/data/population_log_likelihood") - exact).abs() < 1e-12);
+    // 300 quick epochs × 0.1.
+    assert_eq!(num("/models/vdm/epochs"), 30.0);
+    assert_eq!(
+        report.pointer("/seeds").unwrap(),
+        &serde_json::json!([5, 6])
+    );
+    let values = report
+        .pointer("/models/vdm/seeds/values")
+        .unwrap()
+        .as_array()
+        .unwrap();
+    assert_eq!(values.len(), 2);
+    assert!(values[0] != values[1], "two seeds, two results");
+    assert!(num("/models/vdm/seeds/sd") > 0.0);
+    assert!(report.pointer("/models/ode").is_none());
+    std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn bad_options_fail_at_once_with_a_message_naming_them() {
+    for (args, needle) in [
+        (vec!["reproduce", "--epochs-scale", "0"], "--epochs-scale"),
+        (vec!["reproduce", "--epochs-scale", "nan"], "--epochs-scale"),
+        (vec!["reproduce", "--seeds", "0"], "--seeds"),
+        (vec!["reproduce", "--n-train", "0"], "--n-train"),
+        (vec!["reproduce", "--data", "cauchy"], "cauchy"),
+        (vec!["reproduce", "--only", "gan"], "gan"),
+        (vec!["reproduce", "--frobnicate"], "--frobnicate"),
+        (
+            vec!["reproduce", "--out", "/proc/no-such-dir/x"],
+            "/proc/no-such-dir",
+        ),
+    ] {
+        let o = xtask(&args);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
 }

@@ -1,6 +1,9 @@
-//! The 1-D benchmark data: a mixture of Laplace distributions (`docs/MATH.md` §9, paper §8).
+//! The 1-D benchmark data: a mixture of Laplace distributions (`docs/MATH.md` §9, paper §8),
+//! and the reference code's two other 1-D data sets, a single Laplace(0, 1) and N(−1, 2²)
+//! ([`Distribution`]), each with its exact density and population log-likelihood.
 
 use rand::Rng;
+use rand_distr::{Distribution as _, Normal};
 
 use crate::error::{Error, Result};
 
@@ -33,6 +36,14 @@ impl LaplaceMixture {
             ));
         }
         Ok(Self { locations, scale })
+    }
+
+    /// One Laplace(0, 1): the reference code's second data set.
+    pub fn standard() -> Self {
+        Self {
+            locations: vec![0.0],
+            scale: 1.0,
+        }
     }
 
     /// The paper's benchmark: locations −8, −4, 0, 4, 8 and scale 1.
@@ -121,6 +132,111 @@ impl LaplaceMixture {
     }
 }
 
+/// `N(mean, sd²)`: the reference code's third data set is `N(−1, 2²)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gaussian1d {
+    mean: f64,
+    sd: f64,
+}
+
+impl Gaussian1d {
+    /// `N(mean, sd²)` for a finite mean and a finite positive `sd`.
+    pub fn new(mean: f64, sd: f64) -> Result<Self> {
+        if !mean.is_finite() {
+            return Err(Error::invalid("mean", mean, "must be finite"));
+        }
+        if !(sd.is_finite() && sd > 0.0) {
+            return Err(Error::invalid("sd", sd, "must be finite and positive"));
+        }
+        Ok(Self { mean, sd })
+    }
+
+    /// `log p(y)`.
+    pub fn log_density(&self, y: f64) -> f64 {
+        let z = (y - self.mean) / self.sd;
+        -0.5 * z * z - self.sd.ln() - 0.5 * (2.0 * std::f64::consts::PI).ln()
+    }
+}
+
+/// A 1-D data distribution with an exact density: what `cargo xtask reproduce --data` selects.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Distribution {
+    /// A Laplace mixture (the paper's benchmark, or one Laplace).
+    Laplace(LaplaceMixture),
+    /// A normal distribution.
+    Gaussian(Gaussian1d),
+}
+
+impl Distribution {
+    /// The reference code's data sets by name: `laplace-mixture` (the paper's), `laplace`
+    /// (Laplace(0, 1)) and `gaussian` (N(−1, 2²)).
+    ///
+    /// # Errors
+    /// Any other name.
+    pub fn by_name(name: &str) -> Result<Self> {
+        match name {
+            "laplace-mixture" => Ok(Self::Laplace(LaplaceMixture::paper())),
+            "laplace" => Ok(Self::Laplace(LaplaceMixture::standard())),
+            "gaussian" => Ok(Self::Gaussian(Gaussian1d::new(-1.0, 2.0)?)),
+            other => Err(Error::invalid(
+                "data",
+                other,
+                "must be laplace-mixture, laplace or gaussian",
+            )),
+        }
+    }
+
+    /// The density `p(y)`.
+    pub fn density(&self, y: f64) -> f64 {
+        match self {
+            Self::Laplace(m) => m.density(y),
+            Self::Gaussian(g) => g.log_density(y).exp(),
+        }
+    }
+
+    /// `log p(y)`.
+    pub fn log_density(&self, y: f64) -> f64 {
+        match self {
+            Self::Laplace(m) => m.log_density(y),
+            Self::Gaussian(g) => g.log_density(y),
+        }
+    }
+
+    /// `n` independent draws.
+    pub fn sample<R: Rng + ?Sized>(&self, rng: &mut R, n: usize) -> Vec<f64> {
+        match self {
+            Self::Laplace(m) => m.sample(rng, n),
+            Self::Gaussian(g) => {
+                // Finite by construction of `Gaussian1d`.
+                let normal = Normal::new(g.mean, g.sd).expect("finite mean, positive sd");
+                (0..n).map(|_| normal.sample(rng)).collect()
+            }
+        }
+    }
+
+    /// The population expected log-likelihood `E_p[log p(y)]`: quadrature for a Laplace
+    /// mixture, `−½ log(2πe sd²)` for a normal.
+    pub fn expected_log_likelihood(&self) -> f64 {
+        match self {
+            Self::Laplace(m) => m.expected_log_likelihood(),
+            Self::Gaussian(g) => {
+                -0.5 * (2.0 * std::f64::consts::PI * std::f64::consts::E * g.sd * g.sd).ln()
+            }
+        }
+    }
+
+    /// The mean log-density of a sample: its "true log-likelihood".
+    pub fn mean_log_likelihood(&self, ys: &[f64]) -> f64 {
+        ys.iter().map(|&y| self.log_density(y)).sum::<f64>() / ys.len() as f64
+    }
+}
+
+impl From<LaplaceMixture> for Distribution {
+    fn from(m: LaplaceMixture) -> Self {
+        Self::Laplace(m)
+    }
+}
+
 /// A training and a validation set drawn with a fixed seed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
@@ -131,10 +247,10 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// `n_train` and `n_validation` draws from `mixture` with an RNG seeded by `seed` (the
-    /// training set first).
+    /// `n_train` and `n_validation` draws from `distribution` (a [`Distribution`] or a
+    /// [`LaplaceMixture`]) with an RNG seeded by `seed` (the training set first).
     pub fn draw(
-        mixture: &LaplaceMixture,
+        distribution: &(impl Into<Distribution> + Clone),
         n_train: usize,
         n_validation: usize,
         seed: u64,
@@ -145,20 +261,20 @@ impl Dataset {
         if n_validation == 0 {
             return Err(Error::invalid("n_validation", 0, "must be at least 1"));
         }
-        Ok(Self::draw_valid(mixture, n_train, n_validation, seed))
+        Ok(Self::draw_valid(
+            &distribution.clone().into(),
+            n_train,
+            n_validation,
+            seed,
+        ))
     }
 
     /// The paper's sizes: 1,000 training and 8,000 validation points.
     pub fn paper(seed: u64) -> Self {
-        Self::draw_valid(&LaplaceMixture::paper(), 1000, 8000, seed)
+        Self::draw_valid(&LaplaceMixture::paper().into(), 1000, 8000, seed)
     }
 
-    fn draw_valid(
-        mixture: &LaplaceMixture,
-        n_train: usize,
-        n_validation: usize,
-        seed: u64,
-    ) -> Self {
+    fn draw_valid(mixture: &Distribution, n_train: usize, n_validation: usize, seed: u64) -> Self {
         let mut rng = <crate::train::TrainRng as rand::SeedableRng>::seed_from_u64(seed);
         let train = mixture.sample(&mut rng, n_train);
         let validation = mixture.sample(&mut rng, n_validation);

@@ -5,8 +5,48 @@ use candle_core::{DType, Device, Tensor};
 use sde_core::{Diffusion, Drift};
 use sde_solvers::{SdeMethod, TimeGrid};
 
-use crate::error::Result;
+use sde_variational::elbo::{diffusion_term, GenerativeSde};
+use sde_variational::GaussianProcess;
+
+use crate::error::{Error, Result};
 use crate::train::TrainRng;
+
+/// The SDE ELBO's drift-matching integrand `F(t) = E_{y, x ~ q_t(·|y)}[(f − f_q)² / 2σ²]` at
+/// each time of `ts`, averaged over the rows of `data` `(n, 1)` and `draws` normals per row:
+/// where in time the bound spends its nats (`∫₀¹ F dt` is the ELBO's diffusion term). Pass
+/// detached models; `ts` must lie in `[0, 1]`.
+///
+/// # Errors
+/// `draws` zero, a time outside `[0, 1]`; errors of the model or the process.
+pub fn diffusion_profile<P: GaussianProcess, G: GenerativeSde>(
+    process: &P,
+    model: &G,
+    data: &Tensor,
+    ts: &[f64],
+    draws: usize,
+    rng: &mut TrainRng,
+) -> Result<Vec<(f64, f64)>> {
+    if draws == 0 {
+        return Err(Error::invalid("draws", 0, "must be at least 1"));
+    }
+    if let Some(&t) = ts.iter().find(|t| !(0.0..=1.0).contains(*t)) {
+        return Err(Error::invalid("t", t, "must lie in [0, 1]"));
+    }
+    let (n, dtype, device) = (data.dim(0)?, data.dtype(), data.device());
+    let mut profile = Vec::with_capacity(ts.len());
+    for &t in ts {
+        let tt = Tensor::full(t, (n, 1), device)?.to_dtype(dtype)?;
+        let mut sum = 0.0;
+        for _ in 0..draws {
+            let eps = sde_core::tensor_standard_normal(rng, &[n, 1], dtype, device)?;
+            sum += to_host(&diffusion_term(process, model, data, &tt, &eps)?)?
+                .iter()
+                .sum::<f64>();
+        }
+        profile.push((t, sum / (n * draws) as f64));
+    }
+    Ok(profile)
+}
 
 /// Samples of a 1-D generative SDE (pass a detached one): `x_0 ~ N(0, 1)` drawn from `rng`,
 /// `n_steps` Euler–Maruyama steps to t = 1. With `record`, every grid state (paths); else the

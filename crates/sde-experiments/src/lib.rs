@@ -33,7 +33,7 @@ pub mod train;
 pub mod vdm;
 
 pub use checkpoint::{config_hash, Checkpoint};
-pub use data::{Dataset, LaplaceMixture};
+pub use data::{Dataset, Distribution, Gaussian1d, LaplaceMixture};
 pub use error::{Error, Result};
 pub use train::{
     train, BatchLoss, Evaluation, Metric, Objective, TrainConfig, TrainHistory, TrainRng,

@@ -33,6 +33,36 @@ fn population_log_likelihood_matches_math_md() {
 }
 
 #[test]
+fn the_three_data_sets_have_their_exact_population_log_likelihoods() {
+    use sde_experiments::Distribution;
+    // Laplace(0, 1): −(1 + ln 2); N(−1, 2²): −½ ln(2πe·4).
+    let laplace = Distribution::by_name("laplace").unwrap();
+    let exact = -(1.0 + 2f64.ln());
+    assert!((laplace.expected_log_likelihood() - exact).abs() < 1e-8);
+    let gaussian = Distribution::by_name("gaussian").unwrap();
+    let exact = -0.5 * (8.0 * std::f64::consts::PI * std::f64::consts::E).ln();
+    assert!((gaussian.expected_log_likelihood() - exact).abs() < 1e-12);
+    // A large sample's mean log-density approaches the population value (SE ≈ 0.7/√20000).
+    for d in [
+        laplace,
+        gaussian,
+        Distribution::by_name("laplace-mixture").unwrap(),
+    ] {
+        let data = Dataset::draw(&d, 20_000, 1, 5).unwrap();
+        let gap = d.mean_log_likelihood(&data.train) - d.expected_log_likelihood();
+        assert!(gap.abs() < 0.02, "{d:?}: {gap}");
+        // Densities integrate to one (trapezoid on [−40, 40]).
+        let h = 1e-3;
+        let mass: f64 = (0..80_000)
+            .map(|i| d.density(-40.0 + h * i as f64) * h)
+            .sum();
+        assert!((mass - 1.0).abs() < 1e-5, "{d:?}: {mass}");
+    }
+    let e = Distribution::by_name("cauchy").unwrap_err().to_string();
+    assert!(e.contains("data") && e.contains("cauchy"), "{e}");
+}
+
+#[test]
 fn short_training_improves_and_is_reproducible() {
     let data = small_data();
     let config = small_config();

@@ -370,3 +370,39 @@ fn the_data_set_optimum_beats_a_trained_score_network_on_the_dsm_loss() {
     // variance of the target −ε/b around its conditional mean.
     assert!(l_star < l_net, "{l_star} vs {l_net}");
 }
+
+#[test]
+fn the_diffusion_profile_integrates_to_the_elbos_diffusion_term() {
+    let data = small_data();
+    let c = small_config();
+    let model = sde::build_model(&c, &Device::Cpu).unwrap();
+    let val = column(&data.validation, DType::F32, &Device::Cpu).unwrap();
+    let (sde_m, process) = (
+        model.sde.detached().unwrap(),
+        model.process.detached().unwrap(),
+    );
+    let ts: Vec<f64> = (0..=80).map(|i| i as f64 / 80.0).collect();
+    let mut rng = TrainRng::seed_from_u64(4);
+    let profile =
+        sde_experiments::evaluate::diffusion_profile(&process, &sde_m, &val, &ts, 8, &mut rng)
+            .unwrap();
+    assert!(profile.iter().all(|(_, f)| f.is_finite() && *f >= 0.0));
+    let integral: f64 = profile
+        .windows(2)
+        .map(|w| 0.5 * (w[0].1 + w[1].1) * (w[1].0 - w[0].0))
+        .sum();
+    let elbo = sde::evaluate_elbo(&model, &val, 20, &mut rng).unwrap();
+    // Two estimates of ∫₀¹ F dt: the trapezoid rule over a Monte-Carlo profile, and stratified
+    // sampling of t; both carry Monte-Carlo noise of a few per cent on 500 points.
+    let rel = (integral - elbo.diffusion).abs() / elbo.diffusion;
+    assert!(rel < 0.05, "{integral} vs {}", elbo.diffusion);
+    assert!(sde_experiments::evaluate::diffusion_profile(
+        &process,
+        &sde_m,
+        &val,
+        &[1.5],
+        1,
+        &mut rng
+    )
+    .is_err());
+}

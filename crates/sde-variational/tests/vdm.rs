@@ -176,7 +176,7 @@ fn the_fm_elbo_diffusion_term_is_twice_the_weighted_fm_loss() -> Result<()> {
     )?;
     let model = FmSde {
         v: v.clone(),
-        interpolant,
+        interpolant: interpolant.clone(),
     };
     let general = diffusion_term(&interpolant, &model, &y, &t, &eps)?;
     // 2 L_FM with the σ-weighting of docs/MATH.md §8: 2 |v − u|² / σ².
