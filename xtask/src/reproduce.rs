@@ -330,6 +330,42 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// Runs a training `run` with a progress bar of `epochs` showing `label` (`sign × loss`: −1
+/// for an ELBO or likelihood, +1 for a loss) and the headline validation figure.
+fn with_progress<T>(
+    epochs: usize,
+    label: &str,
+    sign: f64,
+    run: impl FnOnce(&mut dyn FnMut(&Evaluation)) -> sde_experiments::Result<T>,
+) -> Result<T> {
+    let bar = progress(epochs as u64);
+    let out = run(&mut |e: &Evaluation| show_epoch(&bar, e, label, sign))?;
+    bar.finish();
+    Ok(out)
+}
+
+/// The report of a model judged by its ELBO `ev`, with the fields every model fills.
+fn elbo_report(
+    title: &str,
+    ev: &sde::ElboEstimate,
+    history: &sde_experiments::TrainHistory,
+    epochs: usize,
+    samples: SampleQuality,
+    eval_seconds: f64,
+) -> ModelReport {
+    let mut rep = base_report(title, Headline::Elbo, history, epochs, samples);
+    rep.val_elbo = Some(ev.elbo);
+    rep.val_elbo_se = Some(ev.se);
+    rep.terms = Some(Terms {
+        reconstruction: ev.reconstruction,
+        prior_kl: ev.prior_kl,
+        diffusion: ev.diffusion,
+    });
+    rep.eval_draws = Some(ev.draws);
+    rep.eval_seconds = eval_seconds;
+    rep
+}
+
 /// A model report with the fields every model fills; the runners add the rest.
 fn base_report(
     title: &str,
@@ -362,14 +398,6 @@ fn base_report(
     }
 }
 
-fn terms(ev: &sde::ElboEstimate) -> Terms {
-    Terms {
-        reconstruction: ev.reconstruction,
-        prior_kl: ev.prior_kl,
-        diffusion: ev.diffusion,
-    }
-}
-
 /// The ODE experiment (docs/REFERENCE.md §1): trains, evaluates, samples, draws its figures.
 fn run_ode(ctx: &Ctx) -> Result<Run> {
     let mut config = ode::OdeConfig::reference();
@@ -378,11 +406,9 @@ fn run_ode(ctx: &Ctx) -> Result<Run> {
         "ODE (CNF, exact likelihood): {} epochs, {} RK2 steps, lr {}",
         config.train.epochs, config.n_steps, config.train.adam.lr
     );
-    let bar = progress(config.train.epochs as u64);
-    let outcome = ode::run(&config, ctx.data, &ctx.device, |e: &Evaluation| {
-        show_epoch(&bar, e, "loss", 1.0)
+    let outcome = with_progress(config.train.epochs, "loss", 1.0, |on_epoch| {
+        ode::run(&config, ctx.data, &ctx.device, on_epoch)
     })?;
-    bar.finish();
     let (ll_rk4, se_rk4) = outcome.val_ll_eval_method;
     let (ll_rk2, se_rk2) = outcome.val_ll_train_method;
     let t0 = Instant::now();
@@ -582,11 +608,9 @@ fn run_sde(ctx: &Ctx) -> Result<Run> {
         "SDE (learned drift, diffusion and Gaussian variational process; SDE ELBO): {} epochs, lr {}, {:?}",
         config.train.epochs, config.train.adam.lr, config.train.adam.weight_decay
     );
-    let bar = progress(config.train.epochs as u64);
-    let outcome = sde::run(&config, ctx.data, &ctx.device, |e: &Evaluation| {
-        show_epoch(&bar, e, "ELBO", -1.0)
+    let outcome = with_progress(config.train.epochs, "ELBO", -1.0, |on_epoch| {
+        sde::run(&config, ctx.data, &ctx.device, on_epoch)
     })?;
-    bar.finish();
     let ev = outcome.eval;
     println!(
         "SDE: validation ELBO {:.4} ± {:.4} ({} draws per point; reconstruction {:.3}, KL {:.3}, diffusion {:.3}); sample's true log-likelihood {:.4}; KS {:.4}; training {:.1} s ({:.1} s validating), evaluation and sampling {:.1} s",
@@ -595,18 +619,14 @@ fn run_sde(ctx: &Ctx) -> Result<Run> {
     );
     let process = outcome.model.process.detached()?;
     let sde_model = outcome.model.sde.detached()?;
-    let mut rep = base_report(
+    let mut rep = elbo_report(
         "SDE (learned Gaussian variational process)",
-        Headline::Elbo,
+        &ev,
         &outcome.history,
         config.train.epochs,
         ctx.samples(&outcome.samples, outcome.ks),
+        outcome.eval_seconds,
     );
-    rep.val_elbo = Some(ev.elbo);
-    rep.val_elbo_se = Some(ev.se);
-    rep.terms = Some(terms(&ev));
-    rep.eval_draws = Some(ev.draws);
-    rep.eval_seconds = outcome.eval_seconds;
     if let Some(b) = host(&process.beta1()?)?.first() {
         rep.extra.insert("beta1".into(), *b);
     }
@@ -678,11 +698,9 @@ fn run_vdm(ctx: &Ctx) -> Result<Run> {
         "VDM (learned log-SNR schedule, signal prediction ŷ = x + M(x, t)): {} epochs, lr {}, clipping {:?}",
         config.train.epochs, config.train.adam.lr, config.train.adam.max_grad_norm
     );
-    let bar = progress(config.train.epochs as u64);
-    let outcome = vdm::run(&config, ctx.data, &ctx.device, |e: &Evaluation| {
-        show_epoch(&bar, e, "ELBO", -1.0)
+    let outcome = with_progress(config.train.epochs, "ELBO", -1.0, |on_epoch| {
+        vdm::run(&config, ctx.data, &ctx.device, on_epoch)
     })?;
-    bar.finish();
     let ev = outcome.eval;
     let (l0, l1) = outcome.model.endpoints()?;
     println!(
@@ -690,22 +708,18 @@ fn run_vdm(ctx: &Ctx) -> Result<Run> {
         ev.elbo, ev.se, ev.draws, ev.reconstruction, ev.prior_kl, ev.diffusion, outcome.ks,
         outcome.history.seconds, outcome.history.validation_seconds
     );
-    let mut rep = base_report(
+    let mut rep = elbo_report(
         "VDM (variational diffusion model)",
-        Headline::Elbo,
+        &ev,
         &outcome.history,
         config.train.epochs,
         ctx.samples(&outcome.samples, outcome.ks),
+        outcome.eval_seconds,
     );
-    rep.val_elbo = Some(ev.elbo);
-    rep.val_elbo_se = Some(ev.se);
-    rep.terms = Some(terms(&ev));
-    rep.eval_draws = Some(ev.draws);
     rep.schedule = Some(Schedule {
         lambda_0: l0,
         lambda_1: l1,
     });
-    rep.eval_seconds = outcome.eval_seconds;
     if ctx.figures {
         let t0 = Instant::now();
         let sde_model = outcome.model.sde.detached()?;
@@ -813,11 +827,9 @@ fn run_fm(ctx: &Ctx, learned: bool) -> Result<Run> {
         config.train.epochs,
         config.train.adam.lr
     );
-    let bar = progress(config.train.epochs as u64);
-    let outcome = fm::run(&config, ctx.data, &ctx.device, |e: &Evaluation| {
-        show_epoch(&bar, e, "loss", 1.0)
+    let outcome = with_progress(config.train.epochs, "loss", 1.0, |on_epoch| {
+        fm::run(&config, ctx.data, &ctx.device, on_epoch)
     })?;
-    bar.finish();
     let (ll, se) = outcome.val_log_likelihood;
     let (b0, b1) = outcome.betas;
     println!(
@@ -912,31 +924,25 @@ fn run_sm(ctx: &Ctx) -> Result<Run> {
         "SM (denoising score matching, VP log-SNR {:?} fixed): {} epochs, lr {}",
         config.lambda, config.train.epochs, config.train.adam.lr
     );
-    let bar = progress(config.train.epochs as u64);
-    let outcome = sm::run(&config, ctx.data, &ctx.device, |e: &Evaluation| {
-        show_epoch(&bar, e, "ELBO", -1.0)
+    let outcome = with_progress(config.train.epochs, "ELBO", -1.0, |on_epoch| {
+        sm::run(&config, ctx.data, &ctx.device, on_epoch)
     })?;
-    bar.finish();
     let ev = outcome.eval;
     let (ll, se) = outcome.val_log_likelihood;
     println!(
         "SM: validation ELBO {:.4} ± {:.4}; exact probability-flow log-likelihood (RK4) {ll:.4} ± {se:.4}; KS {:.4}; training {:.1} s, evaluation and sampling {:.1} s",
         ev.elbo, ev.se, outcome.ks, outcome.history.seconds, outcome.eval_seconds
     );
-    let mut rep = base_report(
+    let mut rep = elbo_report(
         "Score matching (denoising, VP process)",
-        Headline::Elbo,
+        &ev,
         &outcome.history,
         config.train.epochs,
         ctx.samples(&outcome.samples, outcome.ks),
+        outcome.eval_seconds,
     );
-    rep.val_elbo = Some(ev.elbo);
-    rep.val_elbo_se = Some(ev.se);
-    rep.terms = Some(terms(&ev));
-    rep.eval_draws = Some(ev.draws);
     rep.val_log_likelihood = Some(ll);
     rep.val_log_likelihood_se = Some(se);
-    rep.eval_seconds = outcome.eval_seconds;
     if ctx.figures {
         let t0 = Instant::now();
         let xs = y_grid();
