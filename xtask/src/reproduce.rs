@@ -163,10 +163,12 @@ impl Ctx<'_> {
         train.resume = self.args.resume;
         if self.args.quick {
             (train.epochs, train.validate_every) = quick;
+            train.checkpoint_every = None;
         }
         let scale = |n: usize| ((n as f64 * self.args.epochs_scale).round() as usize).max(1);
         train.epochs = scale(train.epochs);
         train.validate_every = scale(train.validate_every).min(train.epochs);
+        train.checkpoint_every = train.checkpoint_every.map(|n| scale(n).min(train.epochs));
         train.seed = train.seed.wrapping_add(self.seed);
         *init_seed = init_seed.wrapping_add(self.seed);
     }

@@ -46,8 +46,8 @@ pub struct SdeConfig {
 impl SdeConfig {
     /// `docs/REFERENCE.md` §2: four 2-64-64-1 tanh networks, `β₁` started at 0.1, Adam lr 1e-3
     /// with PyTorch-style (coupled) weight decay 1e-6, 2,000 epochs of batch 125; validated
-    /// every 100 epochs with 4 draws per point, evaluated at the end with 20; sampled with 99
-    /// Euler–Maruyama steps.
+    /// every 100 epochs with 2 draws per point (checkpointed every 500), evaluated at the end
+    /// with 20; sampled with 99 Euler–Maruyama steps.
     pub fn reference() -> Self {
         Self {
             train: TrainConfig {
@@ -58,11 +58,12 @@ impl SdeConfig {
                     ..AdamConfig::default()
                 },
                 validate_every: 100,
+                checkpoint_every: Some(500),
                 ..TrainConfig::default()
             },
             widths: vec![2, 64, 64, 1],
             beta1_init: 0.1,
-            train_val_draws: 4,
+            train_val_draws: 2,
             eval_draws: 20,
             n_steps: 99,
             n_samples: 8000,

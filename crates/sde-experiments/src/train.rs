@@ -47,10 +47,15 @@ pub struct TrainConfig {
     pub validate_every: usize,
     /// Seed of the shuffling and of every Monte-Carlo draw in the losses.
     pub seed: u64,
-    /// Write a checkpoint here (one safetensors file, see [`crate::checkpoint`]) at every
-    /// validation, if set.
+    /// Write a checkpoint here (one safetensors file, see [`crate::checkpoint`]), if set: at
+    /// every validation, or every `checkpoint_every` epochs, and after the last.
     #[serde(skip)]
     pub checkpoint: Option<PathBuf>,
+    /// Checkpoint every this many epochs instead of at every validation (each write costs
+    /// tens of milliseconds, mostly `fsync`; a short-stepped run validating often may prefer
+    /// fewer). `None`: at every validation.
+    #[serde(skip)]
+    pub checkpoint_every: Option<usize>,
     /// Start from the checkpoint, if one exists. It must belong to the same configuration and
     /// data (else an error); the run then continues bit-identically.
     #[serde(skip)]
@@ -66,6 +71,7 @@ impl Default for TrainConfig {
             validate_every: 10,
             seed: 0,
             checkpoint: None,
+            checkpoint_every: None,
             resume: false,
         }
     }
@@ -87,6 +93,9 @@ impl TrainConfig {
         self.adam.check()?;
         if self.validate_every == 0 {
             return Err(Error::invalid("validate_every", 0, "must be at least 1"));
+        }
+        if self.checkpoint_every == Some(0) {
+            return Err(Error::invalid("checkpoint_every", 0, "must be at least 1"));
         }
         Ok(())
     }
@@ -392,7 +401,11 @@ pub fn train<O: Objective>(
         };
         on_epoch(&e);
         curve.push(e);
-        if let (true, Some(path)) = (validate, &config.checkpoint) {
+        let save_now = match config.checkpoint_every {
+            None => validate,
+            Some(every) => epoch % every == 0 || epoch == config.epochs,
+        };
+        if let (true, Some(path)) = (save_now, &config.checkpoint) {
             let meta = TrainMeta {
                 curve: curve.clone(),
                 rng: RngState::of(&rng),

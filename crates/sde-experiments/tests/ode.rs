@@ -187,6 +187,38 @@ fn an_interrupted_run_resumed_ends_bit_identical() {
 }
 
 #[test]
+fn checkpoints_every_n_epochs_resume_bit_identically_between_validations() {
+    let data = small_data();
+    let dir = temp_dir("resume-every");
+    let mut config = small_config();
+    config.train.epochs = 6;
+    config.train.validate_every = 2;
+    config.train.checkpoint_every = Some(3);
+    let full = ode::run(&config, &data, &Device::Cpu, |_| {}).unwrap();
+    // Interrupted during epoch 5: the last checkpoint is epoch 3's, not validation epoch 4's.
+    config.train.checkpoint = Some(dir.join("ode.safetensors"));
+    let crashed = std::panic::catch_unwind(|| {
+        ode::run(&config, &data, &Device::Cpu, |e| {
+            assert!(e.epoch < 5, "simulated crash");
+        })
+    });
+    assert!(crashed.is_err());
+    config.train.resume = true;
+    let mut seen = vec![];
+    let resumed = ode::run(&config, &data, &Device::Cpu, |e| seen.push(e.epoch)).unwrap();
+    assert_eq!(seen, vec![4, 5, 6]);
+    assert_eq!(resumed.history.resumed_from, 3);
+    assert_eq!(resumed.history.curve, full.history.curve);
+    assert_eq!(parameter_bits(&resumed), parameter_bits(&full));
+    config.train.checkpoint_every = Some(0);
+    assert!(ode::run(&config, &data, &Device::Cpu, |_| {})
+        .unwrap_err()
+        .to_string()
+        .contains("checkpoint_every"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn a_mismatched_or_corrupt_checkpoint_is_refused() {
     let data = small_data();
     let dir = temp_dir("refuse");

@@ -267,6 +267,18 @@ impl GaussianProcess for NetworkGaussian {
         let dirs: &[usize] = if derivatives { &[1] } else { &[] };
         let (av, ad) = value_and_tangents(&self.a, y, t, dirs)?;
         let (bv, bd) = value_and_tangents(&self.b, y, t, dirs)?;
+        if let (Time::Scalar(tv), false) = (t, derivatives) {
+            if tv == 0.0 {
+                // α(y, 0) = A(y, 0), β(y, 0) = softplus(B(y, 0)): the prior end, without the
+                // multiplications by 0 and 1 (the KL term evaluates it at every step).
+                return Ok(GaussianMarginal {
+                    alpha: av,
+                    beta: bv,
+                    dalpha_dt: None,
+                    dbeta_dt: None,
+                });
+            }
+        }
         // Multiplications by t and by 1 − t, for a scalar time or a (B, 1) column.
         let omt = match t {
             Time::PerSample(ts) => Some(ts.affine(-1.0, 1.0)?),
