@@ -1,7 +1,7 @@
 //! The report of `cargo xtask reproduce`, typed: [`Report`] is serialised to `report.json`,
 //! rendered to `report.md` ([`Report::to_markdown`]), and each model's training curve is
 //! written as CSV ([`write_curve_csv`]). The reference code's figures (docs/REFERENCE.md,
-//! docs/REFERENCE-TIMINGS.md) are typed once, in [`reference`].
+//! docs/REFERENCE-TIMINGS.md) are typed once, in [`reference()`].
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
