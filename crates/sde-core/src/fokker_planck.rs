@@ -212,7 +212,15 @@ impl FokkerPlanck1d {
             return Err(Error::invalid("n_cells", n_cells, "must be at least 3"));
         }
         config.validate()?;
-        let dx = (x_max - x_min) / n_cells as f64;
+        let span = x_max - x_min;
+        if !span.is_finite() {
+            return Err(Error::invalid(
+                "x_max - x_min",
+                span,
+                "the domain's width must be finite in f64",
+            ));
+        }
+        let dx = span / n_cells as f64;
         if !(dx > 0.0 && dx.is_finite()) {
             return Err(Error::invalid(
                 "n_cells",
@@ -220,10 +228,23 @@ impl FokkerPlanck1d {
                 "too many cells for the interval",
             ));
         }
-        let centres = (0..n_cells)
-            .map(|i| x_min + (i as f64 + 0.5) * dx)
-            .collect();
-        let faces = (1..n_cells).map(|j| x_min + j as f64 * dx).collect();
+        let too_many = || Error::invalid("n_cells", n_cells, "too many cells to hold in memory");
+        let mut centres: Vec<f64> = Vec::new();
+        centres.try_reserve_exact(n_cells).map_err(|_| too_many())?;
+        let mut faces: Vec<f64> = Vec::new();
+        faces
+            .try_reserve_exact(n_cells - 1)
+            .map_err(|_| too_many())?;
+        centres.extend((0..n_cells).map(|i| x_min + (i as f64 + 0.5) * dx));
+        faces.extend((1..n_cells).map(|j| x_min + j as f64 * dx));
+        // Cells narrower than the spacing of f64 numbers would repeat faces.
+        if faces.windows(2).any(|w| w[1] <= w[0]) || centres.windows(2).any(|w| w[1] <= w[0]) {
+            return Err(Error::invalid(
+                "n_cells",
+                n_cells,
+                "too many cells for the interval: neighbouring cells coincide in f64",
+            ));
+        }
         Ok(Self {
             x_min,
             x_max,

@@ -29,6 +29,9 @@ pub trait Vector: Clone + Sized {
     fn mul(&self, other: &Self) -> Result<Self>;
     /// Whether every entry is finite.
     fn all_finite(&self) -> Result<bool>;
+    /// The flat (row-major) index of the first entry that is not finite, if any: for error
+    /// messages that say where a NaN is (for a `(batch, d)` tensor, row `index / d`).
+    fn first_non_finite(&self) -> Result<Option<usize>>;
     /// Independent N(0, 1) draws with the shape (and dtype, device) of `self`.
     fn standard_normal_like<R: Rng + ?Sized>(&self, rng: &mut R) -> Result<Self>;
     /// Number of scalar entries.
@@ -50,6 +53,9 @@ impl<T: Real> Vector for T {
     }
     fn all_finite(&self) -> Result<bool> {
         Ok(Real::is_finite(*self))
+    }
+    fn first_non_finite(&self) -> Result<Option<usize>> {
+        Ok((!Real::is_finite(*self)).then_some(0))
     }
     fn standard_normal_like<R: Rng + ?Sized>(&self, rng: &mut R) -> Result<Self> {
         let mut out = [T::ZERO];
@@ -90,6 +96,9 @@ impl<T: Real> Vector for Vec<T> {
     fn all_finite(&self) -> Result<bool> {
         Ok(self.iter().all(|x| x.is_finite()))
     }
+    fn first_non_finite(&self) -> Result<Option<usize>> {
+        Ok(self.iter().position(|x| !x.is_finite()))
+    }
     fn standard_normal_like<R: Rng + ?Sized>(&self, rng: &mut R) -> Result<Self> {
         let mut out = vec![T::ZERO; self.len()];
         T::fill_standard_normal(rng, &mut out);
@@ -114,6 +123,9 @@ impl<T: Real, const N: usize> Vector for [T; N] {
     }
     fn all_finite(&self) -> Result<bool> {
         Ok(self.iter().all(|x| x.is_finite()))
+    }
+    fn first_non_finite(&self) -> Result<Option<usize>> {
+        Ok(self.iter().position(|x| !x.is_finite()))
     }
     fn standard_normal_like<R: Rng + ?Sized>(&self, rng: &mut R) -> Result<Self> {
         let mut out = [T::ZERO; N];
@@ -152,6 +164,13 @@ impl Vector for Tensor {
             .sum_all()?
             .to_scalar::<f64>()?;
         Ok(s == 0.0)
+    }
+    fn first_non_finite(&self) -> Result<Option<usize>> {
+        if self.all_finite()? {
+            return Ok(None);
+        }
+        let v: Vec<f64> = self.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+        Ok(v.iter().position(|x| !x.is_finite()))
     }
     fn standard_normal_like<R: Rng + ?Sized>(&self, rng: &mut R) -> Result<Self> {
         tensor_standard_normal(rng, self.dims(), self.dtype(), self.device())
@@ -206,6 +225,12 @@ impl<A: Vector, B: Vector> Vector for (A, B) {
     }
     fn all_finite(&self) -> Result<bool> {
         Ok(self.0.all_finite()? && self.1.all_finite()?)
+    }
+    fn first_non_finite(&self) -> Result<Option<usize>> {
+        Ok(match self.0.first_non_finite()? {
+            Some(i) => Some(i),
+            None => self.1.first_non_finite()?.map(|i| self.0.n_elements() + i),
+        })
     }
     fn standard_normal_like<R: Rng + ?Sized>(&self, rng: &mut R) -> Result<Self> {
         let a = self.0.standard_normal_like(rng)?;

@@ -20,10 +20,13 @@ pub enum Error {
         reason: &'static str,
     },
     /// The state is not finite (at the start, or after integrating up to `t`).
-    #[error("non-finite state at t = {t}{hint}")]
+    #[error("non-finite state at t = {t}{}{hint}", entry.map_or(String::new(), |i| format!(", first at entry {i}")))]
     NonFinite {
         /// The time at which the state was found non-finite.
         t: f64,
+        /// The flat (row-major) index of the first non-finite entry, where known: row
+        /// `entry / d` of a `(batch, d)` state.
+        entry: Option<usize>,
         /// Extra context (e.g. a step-size hint); may be empty.
         hint: &'static str,
     },

@@ -24,9 +24,47 @@ impl TimeGrid {
             return Err(Error::invalid("n_steps", 0, "must be at least 1"));
         }
         check_endpoints(t0, t1)?;
-        let h = (t1 - t0) / n_steps as f64;
-        let mut points: Vec<f64> = (0..n_steps).map(|k| t0 + k as f64 * h).collect();
+        let span = t1 - t0;
+        if !span.is_finite() {
+            return Err(Error::invalid(
+                "t1 - t0",
+                span,
+                "the interval's length must be finite in f64",
+            ));
+        }
+        let mut points: Vec<f64> = Vec::new();
+        let len = n_steps.checked_add(1).ok_or_else(|| {
+            Error::invalid(
+                "n_steps",
+                n_steps,
+                "too many steps to hold the grid in memory",
+            )
+        })?;
+        points.try_reserve_exact(len).map_err(|_| {
+            Error::invalid(
+                "n_steps",
+                n_steps,
+                "too many steps to hold the grid in memory",
+            )
+        })?;
+        let h = span / n_steps as f64;
+        points.extend((0..n_steps).map(|k| t0 + k as f64 * h));
         points.push(t1); // land exactly on t1
+                         // Steps below the spacing of f64 numbers near t0 would repeat points.
+        let increasing = t1 > t0;
+        if points.windows(2).any(|w| {
+            if increasing {
+                w[1] <= w[0]
+            } else {
+                w[1] >= w[0]
+            }
+        }) {
+            return Err(Error::invalid(
+                "n_steps",
+                n_steps,
+                "too many steps for the interval: neighbouring grid points coincide in f64",
+            ));
+        }
         Ok(Self { points })
     }
 

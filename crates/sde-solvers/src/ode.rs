@@ -169,9 +169,12 @@ pub(crate) fn march<S: Vector>(
 }
 
 pub(crate) fn check_state<S: Vector>(x: &S, t: f64, hint: &'static str) -> Result<()> {
-    if x.all_finite()? {
-        Ok(())
-    } else {
-        Err(Error::NonFinite { t, hint })
+    match x.first_non_finite()? {
+        None => Ok(()),
+        Some(i) => Err(Error::NonFinite {
+            t,
+            entry: Some(i),
+            hint,
+        }),
     }
 }

@@ -43,9 +43,10 @@ where
     P: PointwiseSde<T> + ?Sized,
     R: Rng + ?Sized,
 {
-    if !xs.iter().all(|x| x.is_finite()) {
+    if let Some(i) = xs.iter().position(|x| !x.is_finite()) {
         return Err(Error::NonFinite {
             t: grid.start(),
+            entry: Some(i),
             hint: "",
         });
     }
@@ -71,12 +72,12 @@ where
             }
         }
     }
-    if xs.iter().all(|x| x.is_finite()) {
-        Ok(())
-    } else {
-        Err(Error::NonFinite {
+    match xs.iter().position(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(Error::NonFinite {
             t: grid.end(),
+            entry: Some(i),
             hint: " (is the step too large for the problem?)",
-        })
+        }),
     }
 }
