@@ -215,3 +215,77 @@ fn bad_options_fail_at_once_with_a_message_naming_them() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+/// A real `cargo xtask reproduce` process killed by a signal part-way, then resumed, writes the
+/// same numbers as an uninterrupted run: the checkpoint holds everything training needs.
+#[test]
+fn a_killed_run_resumes_to_the_same_report() {
+    let base = std::env::temp_dir().join(format!("sde-reproduce-kill-{}", std::process::id()));
+    let (whole, killed) = (base.join("whole"), base.join("killed"));
+    let args = |out: &std::path::Path| -> Vec<String> {
+        [
+            "reproduce",
+            "--quick",
+            "--only",
+            "sde",
+            "--epochs-scale",
+            "4",
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([out.to_str().unwrap().to_string()])
+        .collect()
+    };
+    let o = xtask(&args(&whole).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // 400 epochs, validated and checkpointed every 200: kill as soon as the first checkpoint
+    // is on disk, with half the training still to go.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args(&killed))
+        .env("CANDLE_NUM_THREADS", "1")
+        .env("RAYON_NUM_THREADS", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start xtask");
+    let checkpoint = killed.join("sde-quick.safetensors");
+    let t0 = std::time::Instant::now();
+    while !checkpoint.exists() {
+        assert!(
+            t0.elapsed().as_secs() < 120,
+            "no checkpoint appeared within 120 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().expect("send SIGKILL");
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the run was killed, not finished");
+    assert!(
+        !killed.join("report.json").exists(),
+        "killed before writing its report"
+    );
+
+    let mut resume = args(&killed);
+    resume.push("--resume".into());
+    let o = xtask(&resume.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let read = |dir: &std::path::Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap()
+    };
+    let (a, b) = (read(&whole), read(&killed));
+    for key in [
+        "/models/sde/val_elbo",
+        "/models/sde/val_elbo_se",
+        "/models/sde/terms/reconstruction",
+        "/models/sde/terms/prior_kl",
+        "/models/sde/terms/diffusion",
+        "/models/sde/samples/ks",
+        "/models/sde/samples/w1",
+        "/models/sde/epochs",
+    ] {
+        assert_eq!(a.pointer(key), b.pointer(key), "{key}");
+    }
+    std::fs::remove_dir_all(&base).ok();
+}
