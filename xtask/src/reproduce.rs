@@ -191,9 +191,9 @@ impl Ctx<'_> {
 const POPULATION_LL: f64 = -2.98755;
 
 pub fn run(args: Args) -> Result<()> {
-    if !(args.epochs_scale.is_finite() && args.epochs_scale > 0.0) {
+    if !(args.epochs_scale.is_finite() && args.epochs_scale > 0.0 && args.epochs_scale <= 1e4) {
         bail!(
-            "--epochs-scale must be finite and positive, got {}",
+            "--epochs-scale must be positive and at most 1e4, got {}",
             args.epochs_scale
         );
     }
@@ -266,14 +266,23 @@ pub fn run(args: Args) -> Result<()> {
                 seed,
                 figures: k == 0,
             };
-            runs.push(match model {
-                Model::Ode => run_ode(&ctx)?,
-                Model::Sde => run_sde(&ctx)?,
-                Model::Vdm => run_vdm(&ctx)?,
-                Model::Fm => run_fm(&ctx, false)?,
-                Model::Sm => run_sm(&ctx)?,
-                Model::FmElbo => run_fm(&ctx, true)?,
-            });
+            let run = match model {
+                Model::Ode => run_ode(&ctx),
+                Model::Sde => run_sde(&ctx),
+                Model::Vdm => run_vdm(&ctx),
+                Model::Fm => run_fm(&ctx, false),
+                Model::Sm => run_sm(&ctx),
+                Model::FmElbo => run_fm(&ctx, true),
+            };
+            // Name the model in every error (a non-finite loss names epoch, batch and term);
+            // its last checkpoint stays, and `--resume` continues from it.
+            runs.push(run.with_context(|| {
+                format!(
+                    "model {} (seed {seed}); its last checkpoint is kept in {}, continue with --resume",
+                    model.key(),
+                    out.display()
+                )
+            })?);
         }
         let spread = (runs.len() > 1).then(|| {
             SeedSpread::new(

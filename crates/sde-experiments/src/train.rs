@@ -323,7 +323,8 @@ pub fn train<O: Objective>(
     let params = objective.parameters();
     let mut adam = Adam::new(params.clone(), config.adam)?;
     let mut rng = TrainRng::seed_from_u64(config.seed);
-    let mut curve: Vec<Evaluation> = Vec::with_capacity(config.epochs);
+    // Grown as it goes: `epochs` is a user's number and may be absurd.
+    let mut curve: Vec<Evaluation> = Vec::new();
     let (mut saved_seconds, mut validation_seconds) = (0.0, 0.0);
     if let (Some(path), true) = (&config.checkpoint, config.resume) {
         if path.exists() {

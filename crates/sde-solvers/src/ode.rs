@@ -154,6 +154,7 @@ pub(crate) fn march<S: Vector>(
     mut step: impl FnMut(&S, f64, f64) -> Result<S>,
 ) -> Result<Solution<S>> {
     check_state(&x0, grid.start(), "")?;
+    // The grid itself already holds n_steps + 1 points, so this reservation is as feasible.
     let mut states = Vec::with_capacity(if record { grid.n_steps() + 1 } else { 1 });
     let mut x = x0;
     for (t, h) in grid.steps() {
