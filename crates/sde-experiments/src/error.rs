@@ -61,5 +61,16 @@ impl Error {
     }
 }
 
+/// Checks that every named count is at least 1 (draws per point, solver steps, samples).
+///
+/// # Errors
+/// [`Error::InvalidParameter`] naming the first count that is 0.
+pub fn check_counts(counts: &[(&'static str, usize)]) -> Result<()> {
+    match counts.iter().find(|(_, n)| *n == 0) {
+        Some((name, _)) => Err(Error::invalid(name, 0, "must be at least 1")),
+        None => Ok(()),
+    }
+}
+
 /// `Result` with [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;

@@ -94,12 +94,11 @@ impl FmConfig {
     }
 
     fn check(&self) -> Result<()> {
-        if self.val_draws == 0 {
-            return Err(Error::invalid("val_draws", 0, "must be at least 1"));
-        }
-        if self.n_steps == 0 {
-            return Err(Error::invalid("n_steps", 0, "must be at least 1"));
-        }
+        crate::error::check_counts(&[
+            ("val_draws", self.val_draws),
+            ("n_steps", self.n_steps),
+            ("n_samples", self.n_samples),
+        ])?;
         if !(self.delta.is_finite() && self.delta > 0.0) {
             return Err(Error::invalid(
                 "delta",

@@ -12,7 +12,7 @@ use sde_variational::vdm::VpSchedule;
 use sde_variational::{Activation, GaussianProcess, Mlp, MlpConfig, Time};
 
 use crate::data::Dataset;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::evaluate::{ks_distance, last_to_host, mean_se_over_points, sample_sde};
 use crate::sde::{draw_t_eps, evaluate_gaussian_elbo, ElboEstimate};
 use crate::train::{
@@ -100,16 +100,12 @@ impl std::fmt::Debug for SmModel {
 
 /// Builds the network and the fixed schedule.
 pub fn build_model(config: &SmConfig, device: &Device) -> Result<SmModel> {
-    if config.eval_draws == 0 || config.train_val_draws == 0 || config.n_steps == 0 {
-        return Err(Error::invalid(
-            "eval_draws/n_steps",
-            format!(
-                "{}/{}/{}",
-                config.train_val_draws, config.eval_draws, config.n_steps
-            ),
-            "need at least one draw and one step",
-        ));
-    }
+    crate::error::check_counts(&[
+        ("eval_draws", config.eval_draws),
+        ("train_val_draws", config.train_val_draws),
+        ("n_steps", config.n_steps),
+        ("n_samples", config.n_samples),
+    ])?;
     let vars = VarMap::new();
     let mut rng = TrainRng::seed_from_u64(config.init_seed);
     let net = Mlp::new(

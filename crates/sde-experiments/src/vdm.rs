@@ -68,16 +68,12 @@ impl VdmConfig {
     }
 
     fn check(&self) -> Result<()> {
-        if self.eval_draws == 0 || self.train_val_draws == 0 {
-            return Err(Error::invalid(
-                "eval_draws",
-                format!("{}/{}", self.train_val_draws, self.eval_draws),
-                "need at least one draw per point",
-            ));
-        }
-        if self.n_steps == 0 {
-            return Err(Error::invalid("n_steps", 0, "must be at least 1"));
-        }
+        crate::error::check_counts(&[
+            ("eval_draws", self.eval_draws),
+            ("train_val_draws", self.train_val_draws),
+            ("n_steps", self.n_steps),
+            ("n_samples", self.n_samples),
+        ])?;
         Ok(())
     }
 

@@ -88,6 +88,31 @@ fn bad_settings_are_errors_naming_the_parameter() {
         .unwrap_err()
         .to_string()
         .contains("lr"));
+    // Zero samples would give NaN distances: refused up front, in every experiment.
+    let mut c = small_config();
+    c.n_samples = 0;
+    let e = sde::run(&c, &data, &Device::Cpu, |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("n_samples: 0"), "{e}");
+    let mut v = vdm::VdmConfig::reference();
+    v.n_samples = 0;
+    let e = vdm::run(&v, &data, &Device::Cpu, |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("n_samples: 0"), "{e}");
+    let mut s = sm::SmConfig::reference();
+    s.n_samples = 0;
+    let e = sm::run(&s, &data, &Device::Cpu, |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("n_samples: 0"), "{e}");
+    let mut f = fm::FmConfig::reference();
+    f.n_samples = 0;
+    let e = fm::run(&f, &data, &Device::Cpu, |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("n_samples: 0"), "{e}");
 }
 
 #[test]
