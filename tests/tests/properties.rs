@@ -141,4 +141,35 @@ proptest! {
         let needle = format!("entry {i}");
         prop_assert!(e.contains(&needle), "{}", e);
     }
+
+    /// Any list of points, including empty ones, duplicates and non-finite values, gives a
+    /// strictly monotone grid or a named error.
+    #[test]
+    fn any_point_list_gives_a_monotone_grid_or_an_error(
+        points in prop::collection::vec(prop_oneof![-3.0f64..3.0, Just(0.5), Just(f64::NAN), Just(f64::INFINITY)], 0..12),
+    ) {
+        match TimeGrid::from_points(points.clone()) {
+            Ok(g) => {
+                let p = g.points();
+                let up = p[1] > p[0];
+                let monotone = p.windows(2).all(|w| if up { w[1] > w[0] } else { w[1] < w[0] });
+                prop_assert!(monotone && p.len() >= 2);
+            }
+            Err(e) => prop_assert!(e.to_string().starts_with("invalid "), "{}", e),
+        }
+    }
+}
+
+#[test]
+fn zero_width_domains_and_intervals_are_errors() {
+    for x in [0.0, -7.5, 1e300] {
+        assert!(FokkerPlanck1d::new(x, x, 10)
+            .unwrap_err()
+            .to_string()
+            .contains("x_max"));
+        assert!(TimeGrid::uniform(x, x, 10)
+            .unwrap_err()
+            .to_string()
+            .contains("t1"));
+    }
 }

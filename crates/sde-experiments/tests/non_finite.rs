@@ -106,3 +106,37 @@ fn a_nan_term_names_epoch_batch_and_term_and_the_last_checkpoint_resumes() {
     assert!(history.curve.iter().all(|e| e.train_loss.is_finite()));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+mod corners {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Any data set (empty, a single point, NaN or inf inside) and any batch size train or
+        /// give a named error; nothing panics, and a finished run's curve is finite.
+        #[test]
+        fn any_data_and_batch_size_train_or_give_a_named_error(
+            train_data in prop::collection::vec(prop_oneof![8 => -10.0f64..10.0, 1 => Just(f64::NAN), 1 => Just(f64::INFINITY)], 0..6),
+            val_data in prop::collection::vec(-10.0f64..10.0, 0..4),
+            batch_size in 0usize..8,
+            epochs in 0usize..3,
+        ) {
+            let data = Dataset { train: train_data, validation: val_data };
+            let config = TrainConfig { epochs, batch_size, validate_every: 1, ..TrainConfig::default() };
+            let w = Var::from_tensor(&Tensor::zeros((1, 1), DType::F64, &Device::Cpu).unwrap()).unwrap();
+            let mut objective = Poisoned { w, calls: 0, per_epoch: usize::MAX, poison_at: None };
+            match train(&mut objective, &data, &config, &"corners", DType::F64, &Device::Cpu, |_| {}) {
+                Ok(h) => {
+                    prop_assert!(h.curve.iter().all(|e| e.train_loss.is_finite()));
+                    prop_assert_eq!(h.curve.len(), epochs);
+                }
+                Err(e) => {
+                    let m = e.to_string();
+                    prop_assert!(m.starts_with("invalid ") || m.contains("non-finite"), "{}", m);
+                }
+            }
+        }
+    }
+}
