@@ -143,6 +143,13 @@ impl NeuralOde {
                 "width must equal the model's dimension",
             ));
         }
+        if let Some(i) = sde_core::Vector::first_non_finite(ys)? {
+            return Err(Error::invalid(
+                "ys",
+                format!("non-finite value at row {} (entry {i})", i / d.max(1)),
+                "data must be finite",
+            ));
+        }
         if let Some(p) = &self.probe {
             if p.dim(0)? != batch {
                 return Err(Error::invalid(

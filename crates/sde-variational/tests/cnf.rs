@@ -166,3 +166,14 @@ fn a_scaled_prior_is_the_zero_fields_density_and_still_integrates_to_one() {
     }
     assert!(random_ode(5, DType::F64).with_prior_scale(0.0).is_err());
 }
+
+#[test]
+fn a_nan_in_the_data_names_its_row() {
+    let model = random_ode(6, DType::F64);
+    let ys = Tensor::from_vec(vec![0.0, 1.0, 2.0, f64::NAN, 4.0], (5, 1), &Device::Cpu).unwrap();
+    let e = model
+        .log_likelihood(&ys, OdeMethod::Rk4, 10)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ys") && e.contains("row 3"), "{e}");
+}
