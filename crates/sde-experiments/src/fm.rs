@@ -153,7 +153,7 @@ impl FmModel {
     /// The model as a continuous normalizing flow (exact likelihood, sampling) from the prior
     /// `N(0, β₀²)` that its velocity transports.
     pub fn flow(&self) -> Result<NeuralOde> {
-        Ok(NeuralOde::new(self.velocity.clone())?.with_prior_scale(self.interpolant.betas().0)?)
+        Ok(NeuralOde::new(self.velocity.clone())?.with_prior_scale(self.interpolant.betas()?.0)?)
     }
 }
 
@@ -274,7 +274,7 @@ impl Objective for FmObjective {
             Metric::higher("elbo", e.elbo.0, Some(e.elbo.1)),
         ];
         if self.model.interpolant.is_learned() {
-            let (b0, b1) = self.model.interpolant.betas();
+            let (b0, b1) = self.model.interpolant.betas()?;
             metrics.push(Metric::lower("beta0", b0, None));
             metrics.push(Metric::lower("beta1", b1, None));
         }
@@ -363,7 +363,7 @@ pub fn run(
         false,
     )?)?;
     let sde_ks = ks_distance(&sde_samples, &data.validation);
-    let betas = model.interpolant.betas();
+    let betas = model.interpolant.betas()?;
     Ok(FmOutcome {
         model,
         history,

@@ -21,7 +21,7 @@ use crate::elbo::ElboTerms;
 use crate::engine::value_and_tangents;
 use crate::error::{Error, Result};
 use crate::mlp::{softplus, Mlp, Time};
-use crate::process::{GaussianMarginal, GaussianProcess, LN_2PI};
+use crate::process::{GaussianMarginal, GaussianProcess};
 
 /// The interpolant `x_t = t y + β_t ε` with `β_t = (1 − t) β₀ + t β₁` (reference: `β₀ = 1`,
 /// `β₁ = 0`, so the prior is `N(0, β₀²)`). The widths are fixed numbers
@@ -86,26 +86,28 @@ impl Interpolant {
     }
 
     /// `(β₀, β₁)`: their current values.
-    pub fn betas(&self) -> (f64, f64) {
+    ///
+    /// # Errors
+    /// Reading a learned width's variable fails.
+    pub fn betas(&self) -> Result<(f64, f64)> {
         match &self.betas {
-            Betas::Fixed(b0, b1) => (*b0, *b1),
+            Betas::Fixed(b0, b1) => Ok((*b0, *b1)),
             Betas::Learned { raw0, raw1 } => {
-                let value = |raw: &Var| -> f64 {
-                    softplus(raw.as_tensor())
-                        .and_then(|b| {
-                            Ok(b.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
-                        })
-                        .map(|v| v[0])
-                        .unwrap_or(f64::NAN)
+                let value = |raw: &Var| -> Result<f64> {
+                    Ok(softplus(raw.as_tensor())?
+                        .to_dtype(DType::F64)?
+                        .flatten_all()?
+                        .get(0)?
+                        .to_scalar::<f64>()?)
                 };
-                (value(raw0), value(raw1))
+                Ok((value(raw0)?, value(raw1)?))
             }
         }
     }
 
     /// A copy with the widths' current values, fixed: builds no gradient graph.
     pub fn detached(&self) -> Result<Self> {
-        let (b0, b1) = self.betas();
+        let (b0, b1) = self.betas()?;
         Self::new(b0, b1)
     }
 
@@ -125,12 +127,6 @@ impl Interpolant {
         }
     }
 
-    /// `−KL(q₀ ‖ N(0, 1)) = ½ (log β₀² + 1 − β₀²)` (the same for every data point).
-    pub fn neg_prior_kl(&self) -> f64 {
-        let b2 = self.betas().0.powi(2);
-        0.5 * (b2.ln() + 1.0 - b2)
-    }
-
     /// The diffusion `σ²(t) = 2 β₀ β_t / t` under which the interpolant's reverse-time drift
     /// `f_q,bwd = x / t` does not depend on `y` (`docs/MATH.md` §8): the coefficient of `y` in
     /// `f_q,bwd = y + (β̇/β)(x − t y) + ½ σ² (x − t y)/β²` is `1 − t β̇/β − t σ²/(2β²)`, and
@@ -143,11 +139,11 @@ impl Interpolant {
     }
 
     /// `(β_t, β̇ / β_t, c_t = 1 − t β̇/β_t)` at `t`.
-    fn coefficients(&self, t: f64) -> (f64, f64, f64) {
-        let (b0, b1) = self.betas();
+    fn coefficients(&self, t: f64) -> Result<(f64, f64, f64)> {
+        let (b0, b1) = self.betas()?;
         let beta = (1.0 - t) * b0 + t * b1;
         let r = (b1 - b0) / beta;
-        (beta, r, 1.0 - t * r)
+        Ok((beta, r, 1.0 - t * r))
     }
 
     /// The marginal score from the marginal velocity (`docs/MATH.md` §8): both are affine in
@@ -182,7 +178,7 @@ impl Interpolant {
     }
 
     fn check_time(&self, t: f64) -> Result<(f64, f64, f64)> {
-        let (beta, r, c) = self.coefficients(t);
+        let (beta, r, c) = self.coefficients(t)?;
         let valid = t.is_finite() && (0.0..=1.0).contains(&t) && beta > 0.0 && c != 0.0;
         if !valid {
             return Err(Error::invalid(
@@ -192,12 +188,6 @@ impl Interpolant {
             ));
         }
         Ok((beta, r, c))
-    }
-
-    /// `E_{q₁}[log N(y; x₁, δ²)] = −½ (β₁²/δ² + log 2πδ²)` (the same for every data point).
-    pub fn reconstruction(&self, delta: f64) -> f64 {
-        let b1 = self.betas().1;
-        -0.5 * (b1 * b1 / (delta * delta) + (delta * delta).ln() + LN_2PI)
     }
 }
 
@@ -319,9 +309,9 @@ impl<'a> FlowSde<'a> {
         })
     }
 
-    fn sigma(&self, t: f64) -> f64 {
-        let (b0, b1) = self.interpolant.betas();
-        self.eta * ((1.0 - t) * b0 + t * b1)
+    fn sigma(&self, t: f64) -> Result<f64> {
+        let (b0, b1) = self.interpolant.betas()?;
+        Ok(self.eta * ((1.0 - t) * b0 + t * b1))
     }
 }
 
@@ -337,7 +327,7 @@ impl sde_core::Drift<Tensor> for FlowSde<'_> {
                 return Ok(v);
             }
             let s = self.interpolant.score_from_velocity(x, &v, t)?;
-            let sigma = self.sigma(t);
+            let sigma = self.sigma(t)?;
             Ok((v + (s * (0.5 * sigma * sigma))?)?)
         };
         run().map_err(core_err)
@@ -346,7 +336,7 @@ impl sde_core::Drift<Tensor> for FlowSde<'_> {
 
 impl sde_core::Diffusion<Tensor> for FlowSde<'_> {
     fn diffusion(&self, _x: &Tensor, t: f64) -> sde_core::Result<sde_core::Noise<Tensor>> {
-        Ok(sde_core::Noise::Scalar(self.sigma(t)))
+        Ok(sde_core::Noise::Scalar(self.sigma(t).map_err(core_err)?))
     }
 
     fn diffusion_divergence(&self, _x: &Tensor, _t: f64) -> sde_core::Result<Option<Tensor>> {
