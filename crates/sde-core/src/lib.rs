@@ -17,6 +17,7 @@
 //! - A mass-conserving 1-D Fokker–Planck solver ([`fokker_planck`]) that evolves a density
 //!   on a grid under any 1-D drift and diffusion.
 //! - Seeded standard-normal draws ([`noise`]).
+//! - Gauss–Hermite and Gauss–Legendre quadrature rules ([`quadrature`]).
 //!
 //! Layering: `sde-core` → `sde-solvers` → `sde-variational` → `sde-experiments` → `xtask`.
 //! This crate names none of the others.
@@ -41,6 +42,7 @@ pub mod fokker_planck;
 pub mod gaussian;
 pub mod noise;
 pub mod process;
+pub mod quadrature;
 pub mod real;
 pub mod vector;
 

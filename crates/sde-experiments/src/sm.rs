@@ -9,7 +9,7 @@ use sde_solvers::OdeMethod;
 use sde_variational::optim::{sorted_vars, AdamConfig};
 use sde_variational::score_matching::{dsm_loss, ScoreFlow, ScoreSde};
 use sde_variational::vdm::VpSchedule;
-use sde_variational::{Activation, GaussianProcess, Mlp, MlpConfig, Time};
+use sde_variational::{Activation, Mlp, MlpConfig, Time, VariationalProcess};
 
 use crate::data::Dataset;
 use crate::error::Result;

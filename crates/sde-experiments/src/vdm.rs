@@ -7,7 +7,7 @@ use candle_nn::VarMap;
 use rand::SeedableRng;
 use sde_variational::optim::{sorted_vars, AdamConfig};
 use sde_variational::vdm::{drift_matching_closed_form, VdmSde, VpSchedule};
-use sde_variational::{Activation, GaussianProcess, Mlp, MlpConfig, Time};
+use sde_variational::{Activation, Mlp, MlpConfig, Time, VariationalProcess};
 
 use crate::data::Dataset;
 use crate::error::{Error, Result};

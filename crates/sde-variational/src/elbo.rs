@@ -1,12 +1,14 @@
 //! The SDE evidence lower bound (`docs/MATH.md` §4; paper §5.2, eq. 36) for any generative
-//! SDE and any Gaussian variational process, term by term and per data point:
+//! SDE and any variational process (a flow of a standard normal, Gaussian or not), term by term
+//! and per data point:
 //!
 //! ```text
 //! ELBO_SDE(y) = E_{q_1}[log p(y | x_1)] − KL(q_0(·|y) ‖ N(0, 1)) − ∫₀¹ E_{q_t}[(f − f_q)² / 2σ²] dt
 //! ```
 //!
 //! The reconstruction and prior terms are in closed form for a Gaussian `q` and a Gaussian
-//! likelihood; the diffusion (drift-matching) term is estimated at the times `t` and noises `ε`
+//! likelihood, and by 16-node Gauss–Hermite quadrature over `ε` for other flows (exact for
+//! polynomials of degree 31 in `ε`); the diffusion (drift-matching) term is estimated at the times `t` and noises `ε`
 //! the caller draws — one `(t, ε)` per row for training (simulation-free, Algorithm 2), many per
 //! point, or quadrature nodes, for evaluation.
 
@@ -14,7 +16,11 @@ use candle_core::Tensor;
 
 use crate::error::{Error, Result};
 use crate::mlp::Time;
-use crate::process::{DiffusionAt, GaussianProcess};
+use std::sync::OnceLock;
+
+use sde_core::quadrature::{gauss_hermite, Rule};
+
+use crate::process::{DiffusionAt, FlowMarginal, VariationalProcess};
 
 /// A generative SDE `dx = f(x, t) dt + σ(x, t) dW` as the losses see it: drift and diffusion
 /// at rows `(x, t)` with one time per row.
@@ -42,9 +48,19 @@ impl ElboTerms {
     }
 }
 
-/// The integrand of the diffusion term, `(f − f_q)² / 2σ²`, at `x_t = α + β ε` for data `y`
+/// The Gauss–Hermite rule of the ELBO's terms for non-Gaussian marginals: 16 nodes, computed once.
+pub fn elbo_rule() -> Result<&'static Rule> {
+    static RULE: OnceLock<Rule> = OnceLock::new();
+    if let Some(r) = RULE.get() {
+        return Ok(r);
+    }
+    let rule = gauss_hermite(16)?;
+    Ok(RULE.get_or_init(|| rule))
+}
+
+/// The integrand of the diffusion term, `(f − f_q)² / 2σ²`, at `x_t = φ(ε, t)` for data `y`
 /// `(B, 1)`, times `t` `(B, 1)` and standard normals `eps` `(B, 1)`.
-pub fn diffusion_term<P: GaussianProcess, G: GenerativeSde>(
+pub fn diffusion_term<P: VariationalProcess, G: GenerativeSde>(
     process: &P,
     model: &G,
     y: &Tensor,
@@ -65,7 +81,7 @@ pub fn diffusion_term<P: GaussianProcess, G: GenerativeSde>(
 /// # Errors
 /// `y` not `(B, 1)`, `t` or `eps` not shaped like it, `delta` neither `(B, 1)` nor `(1, 1)`;
 /// errors of the model or the process.
-pub fn sde_elbo<P: GaussianProcess, G: GenerativeSde>(
+pub fn sde_elbo<P: VariationalProcess, G: GenerativeSde>(
     process: &P,
     model: &G,
     y: &Tensor,
@@ -101,9 +117,10 @@ pub fn sde_elbo<P: GaussianProcess, G: GenerativeSde>(
     }
     let q1 = process.marginal(y, Time::Scalar(1.0), false)?;
     let q0 = process.marginal(y, Time::Scalar(0.0), false)?;
+    let rule = elbo_rule()?;
     Ok(ElboTerms {
-        reconstruction: q1.expected_gaussian_log_likelihood(y, delta)?,
-        prior_kl: q0.kl_to_standard_normal()?,
+        reconstruction: q1.expected_gaussian_log_likelihood(y, delta, rule)?,
+        prior_kl: FlowMarginal::kl_to_standard_normal(&q0, rule)?,
         diffusion: diffusion_term(process, model, y, t, eps)?,
     })
 }

@@ -21,7 +21,7 @@ use crate::elbo::ElboTerms;
 use crate::engine::value_and_tangents;
 use crate::error::{Error, Result};
 use crate::mlp::{softplus, Mlp, Time};
-use crate::process::{GaussianMarginal, GaussianProcess};
+use crate::process::{FlowMarginal, GaussianMarginal, VariationalProcess};
 
 /// The interpolant `x_t = t y + β_t ε` with `β_t = (1 − t) β₀ + t β₁` (reference: `β₀ = 1`,
 /// `β₁ = 0`, so the prior is `N(0, β₀²)`). The widths are fixed numbers
@@ -191,7 +191,9 @@ impl Interpolant {
     }
 }
 
-impl GaussianProcess for Interpolant {
+impl VariationalProcess for Interpolant {
+    type Marginal = GaussianMarginal;
+
     fn marginal(&self, y: &Tensor, t: Time<'_>, derivatives: bool) -> Result<GaussianMarginal> {
         let (alpha, beta, dbeta) = match (&self.betas, t) {
             // Fixed widths: scalar coefficients (two ops fewer per flow-matching step).

@@ -18,10 +18,14 @@
 //!   scalar time, identity or softplus output, forward and backward in one candle op.
 //! - [`optim`]: [`Adam`], PyTorch's Adam/AdamW with host-side `f64` moments, global-norm
 //!   clipping in a fixed parameter order and a checkpointable [`AdamState`].
-//! - [`process`]: Gaussian variational processes `q_t(x|y) = N(α, β²)` — the one place where
-//!   `f_q,ode`, the score and the forward and reverse-time drifts are written — and the SDE
-//!   experiment's network parameterisation [`NetworkGaussian`].
-//! - [`elbo`]: the SDE ELBO, term by term per data point, for any [`GenerativeSde`].
+//! - [`process`]: variational processes as flows of a standard normal ([`FlowMarginal`],
+//!   [`VariationalProcess`]) — the one place where the forward and reverse-time SDE drifts are
+//!   written — with the linear flow, the Gaussian `N(α, β²)` ([`GaussianMarginal`],
+//!   [`GaussianProcess`]), and the SDE experiment's networks [`NetworkGaussian`].
+//! - [`elbo`]: the SDE ELBO, term by term per data point, for any [`GenerativeSde`] and any
+//!   [`VariationalProcess`].
+//! - [`flow`]: a non-linear variational flow, the sinh–arcsinh transform of a Gaussian process
+//!   with learned, time-dependent skew and tail weight ([`flow::SinhArcsinh`]).
 //! - [`neural_sde`]: [`NeuralSde`], a drift and a softplus diffusion network, usable by the
 //!   losses, the solvers and the Fokker–Planck solver.
 //! - [`vdm`]: the variational diffusion model as a parameterisation of the SDE ELBO — the
@@ -42,6 +46,7 @@ pub mod cnf;
 pub mod elbo;
 pub mod engine;
 pub mod error;
+pub mod flow;
 pub mod flow_matching;
 pub mod mlp;
 pub mod neural_sde;
@@ -60,5 +65,6 @@ pub use mlp::{
 pub use neural_sde::NeuralSde;
 pub use optim::{Adam, AdamConfig, AdamState, WeightDecay};
 pub use process::{
-    DiffusionAt, GaussianMarginal, GaussianProcess, NetworkGaussian, VariationalField,
+    DiffusionAt, FlowMarginal, GaussianMarginal, GaussianProcess, NetworkGaussian,
+    VariationalField, VariationalProcess,
 };

@@ -1,25 +1,34 @@
-//! Variational processes with Gaussian marginals `q_t(x | y) = N(α(y, t), β(y, t)²)`
-//! (`docs/MATH.md` §5; paper §6, eq. 39–40 and 44), evaluated per row at per-row times.
+//! Variational processes as time-dependent flows of a standard normal (`docs/MATH.md` §5;
+//! paper §6, eq. 38–40 and 44), evaluated per row at per-row times.
 //!
-//! This module is the one place where the variational drifts are written. For a marginal with
-//! time derivatives `∂α/∂t`, `∂β/∂t` and a generative diffusion `σ²(x, t)` with `∂σ²/∂x`:
+//! A variational marginal `q_t(· | y)` is the law of `x = φ(ε, t)`, `ε ~ N(0, 1)`, for a flow
+//! `φ` invertible in `ε` ([`FlowMarginal`]). Everything the losses need follows from `φ`, its
+//! inverse, `∂φ/∂t` and `log ∂φ/∂ε`:
 //!
 //! ```text
-//! f_q,ode = ∂α/∂t + (∂β/∂t / β)(x − α)                 (ODE drift: the flow α + β ε)
-//! ∇ₓ log q_t = −(x − α) / β²                            (score)
-//! f_q     = f_q,ode + ½ ∂σ²/∂x + ½ σ² ∇ₓ log q_t        (forward SDE drift)
+//! f_q,ode(x)  = ∂_tφ(ε, t)                              at ε = φ⁻¹(x, t)      (eq. 39–40)
+//! log q_t(x)  = log N(ε; 0, 1) − log ∂φ/∂ε
+//! ∇ₓ log q_t  = (−ε − ∂²φ/∂ε² / ∂φ/∂ε) / ∂φ/∂ε
+//! f_q     = f_q,ode + ½ ∂σ²/∂x + ½ σ² ∇ₓ log q_t        (forward SDE drift, eq. 38)
 //! f_q,bwd = f_q,ode − ½ ∂σ²/∂x − ½ σ² ∇ₓ log q_t        (reverse-time SDE drift)
 //! ```
 //!
-//! Every model of the paper is a parameterisation of `α` and `β` ([`GaussianProcess`]): the
-//! SDE experiment's networks ([`NetworkGaussian`]), and (in later modules) the VDM schedule and
-//! the flow-matching interpolant.
+//! for a generative diffusion `σ²(x, t)` with `∂σ²/∂x`. This module is the one place where the
+//! SDE drifts are written ([`sde_drift`]); mixtures of flows (`crate::mixture`) combine
+//! component drifts and scores and call it too.
+//!
+//! The linear flow `φ = α(y, t) + β(y, t) ε` is the Gaussian process `N(α, β²)`
+//! ([`GaussianMarginal`], with closed-form KL and expected log-likelihood); every model of the
+//! paper parameterises `α` and `β` ([`GaussianProcess`]): the SDE experiment's networks
+//! ([`NetworkGaussian`]), the VDM schedule and the flow-matching interpolant. A non-linear
+//! flow is in `crate::flow`.
 
 use candle_core::{DType, Tensor, Var};
 
 use crate::engine::value_and_tangents;
 use crate::error::{Error, Result};
 use crate::mlp::{Mlp, Time};
+use sde_core::quadrature::Rule;
 
 /// `ln(2π)`.
 pub(crate) const LN_2PI: f64 = 1.837_877_066_409_345_3;
@@ -47,17 +56,140 @@ pub struct GaussianMarginal {
     pub dbeta_dt: Option<Tensor>,
 }
 
+/// `f_q,ode ± (½ ∂σ²/∂x + ½ σ² ∇ log q)`: the forward (`sign` +1) or reverse-time (`sign` −1)
+/// SDE drift of a variational process with ODE drift `v` and score `score` under the
+/// diffusion `d` (eq. 38): the one place the SDE drifts are written.
+pub fn sde_drift(v: &Tensor, score: &Tensor, d: &DiffusionAt, sign: f64) -> Result<Tensor> {
+    let mut f = (v + (&d.sigma2 * score)?.affine(0.5 * sign, 0.0)?)?;
+    if let Some(ds) = &d.dsigma2_dx {
+        f = (f + ds.affine(0.5 * sign, 0.0)?)?;
+    }
+    Ok(f)
+}
+
+/// A time-dependent invertible flow `x = φ(ε, t)` of a standard normal, at a batch of rows
+/// `(y, t)`: the variational marginal `q_t(· | y)` as the losses need it. All tensors `(B, 1)`.
+///
+/// Implementors give the flow, its inverse, `log ∂φ/∂ε`, `∂φ/∂t` and the score at `φ(ε)`; the
+/// density, the drifts in `x` and the SDE drifts follow. The ε-forms are what the losses call
+/// (they draw `ε`), so no inverse is taken in training.
+pub trait FlowMarginal {
+    /// `x = φ(ε, t)`: the reparameterised sample for standard normals `eps`.
+    fn sample(&self, eps: &Tensor) -> Result<Tensor>;
+
+    /// `ε = φ⁻¹(x, t)`.
+    fn eps_of(&self, x: &Tensor) -> Result<Tensor>;
+
+    /// `log ∂φ/∂ε` at `eps` (the flow increases in `ε`).
+    fn log_det(&self, eps: &Tensor) -> Result<Tensor>;
+
+    /// The ODE drift (velocity) `∂φ/∂t` at `eps` (eq. 39–40): moving `ε`'s image along the flow.
+    fn ode_drift_at_eps(&self, eps: &Tensor) -> Result<Tensor>;
+
+    /// The score `∇ₓ log q_t` at `x = φ(ε, t)`.
+    fn score_at_eps(&self, eps: &Tensor) -> Result<Tensor>;
+
+    /// `log q_t(x | y) = log N(ε; 0, 1) − log ∂φ/∂ε` at `ε = φ⁻¹(x)`.
+    fn log_density(&self, x: &Tensor) -> Result<Tensor> {
+        let eps = self.eps_of(x)?;
+        Ok((eps.sqr()?.affine(-0.5, -0.5 * LN_2PI)? - self.log_det(&eps)?)?)
+    }
+
+    /// The ODE drift at `x`: `∂φ/∂t` at `φ⁻¹(x)`.
+    fn ode_drift(&self, x: &Tensor) -> Result<Tensor> {
+        self.ode_drift_at_eps(&self.eps_of(x)?)
+    }
+
+    /// The score `∇ₓ log q_t(x | y)`.
+    fn score(&self, x: &Tensor) -> Result<Tensor> {
+        self.score_at_eps(&self.eps_of(x)?)
+    }
+
+    /// The forward SDE drift `f_q` at `x = φ(ε)` for the diffusion `d` at the same rows.
+    fn forward_drift_at_eps(&self, eps: &Tensor, d: &DiffusionAt) -> Result<Tensor> {
+        sde_drift(
+            &self.ode_drift_at_eps(eps)?,
+            &self.score_at_eps(eps)?,
+            d,
+            1.0,
+        )
+    }
+
+    /// The forward SDE drift `f_q` at `x`.
+    fn forward_drift(&self, x: &Tensor, d: &DiffusionAt) -> Result<Tensor> {
+        self.forward_drift_at_eps(&self.eps_of(x)?, d)
+    }
+
+    /// The reverse-time SDE drift `f_q,bwd` at `x = φ(ε)`.
+    fn reverse_drift_at_eps(&self, eps: &Tensor, d: &DiffusionAt) -> Result<Tensor> {
+        sde_drift(
+            &self.ode_drift_at_eps(eps)?,
+            &self.score_at_eps(eps)?,
+            d,
+            -1.0,
+        )
+    }
+
+    /// The reverse-time SDE drift `f_q,bwd` at `x`.
+    fn reverse_drift(&self, x: &Tensor, d: &DiffusionAt) -> Result<Tensor> {
+        self.reverse_drift_at_eps(&self.eps_of(x)?, d)
+    }
+
+    /// `KL(q_t(·|y) ‖ N(0, 1)) = E_ε[½ φ(ε)² − ½ ε² − log ∂φ/∂ε]` per row, by the Gauss–Hermite
+    /// rule `rule` over `ε` (deterministic and differentiable). Closed forms override it.
+    fn kl_to_standard_normal(&self, rule: &Rule) -> Result<Tensor> {
+        expect_over_eps(self.like(), rule, |eps| {
+            let x = self.sample(eps)?;
+            Ok(((x.sqr()? - eps.sqr()?)?.affine(0.5, 0.0)? - self.log_det(eps)?)?)
+        })
+    }
+
+    /// `E_{x ~ q_t}[log N(y; x, δ²)]` per row by the rule `rule` over `ε`, for `delta` `(B, 1)`
+    /// or `(1, 1)`. Closed forms override it.
+    fn expected_gaussian_log_likelihood(
+        &self,
+        y: &Tensor,
+        delta: &Tensor,
+        rule: &Rule,
+    ) -> Result<Tensor> {
+        expect_over_eps(self.like(), rule, |eps| {
+            gaussian_log_likelihood(y, &self.sample(eps)?, delta)
+        })
+    }
+
+    /// A `(B, 1)` tensor of the rows (say, the mean): its shape, dtype and device build the
+    /// constants of the quadrature over `ε`.
+    fn like(&self) -> &Tensor;
+}
+
+/// `Σ_i w_i g(ε_i)` per row over the nodes `ε_i` of `rule`, each a constant column shaped,
+/// typed and placed like `like` `(B, 1)`.
+pub fn expect_over_eps(
+    like: &Tensor,
+    rule: &Rule,
+    g: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let mut acc: Option<Tensor> = None;
+    for (&e, &w) in rule.nodes.iter().zip(&rule.weights) {
+        let eps = Tensor::full(e, like.dims(), like.device())?.to_dtype(like.dtype())?;
+        let term = g(&eps)?.affine(w, 0.0)?;
+        acc = Some(match acc {
+            Some(a) => (a + term)?,
+            None => term,
+        });
+    }
+    acc.ok_or_else(|| Error::invalid("rule", "no nodes", "a quadrature rule needs a node"))
+}
+
+/// `log N(y; x, δ²) = −½ [(y − x)²/δ² + log(2π δ²)]` per row, `delta` `(B, 1)` or `(1, 1)`.
+pub fn gaussian_log_likelihood(y: &Tensor, x: &Tensor, delta: &Tensor) -> Result<Tensor> {
+    let d2 = delta.sqr()?;
+    let quad = (y - x)?.sqr()?.broadcast_div(&d2)?;
+    let log_norm = d2.log()?.affine(1.0, LN_2PI)?;
+    Ok(quad.broadcast_add(&log_norm)?.affine(-0.5, 0.0)?)
+}
+
 impl GaussianMarginal {
-    /// `x = α + β ε`: the reparameterised sample for standard normals `eps` `(B, 1)`.
-    pub fn sample(&self, eps: &Tensor) -> Result<Tensor> {
-        Ok((&self.alpha + (&self.beta * eps)?)?)
-    }
-
-    /// The score `∇ₓ log q_t(x | y) = −(x − α)/β²`.
-    pub fn score(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(((x - &self.alpha)? / self.beta.sqr()?)?.neg()?)
-    }
-
     fn derivatives(&self) -> Result<(&Tensor, &Tensor)> {
         match (&self.dalpha_dt, &self.dbeta_dt) {
             (Some(a), Some(b)) => Ok((a, b)),
@@ -69,83 +201,85 @@ impl GaussianMarginal {
         }
     }
 
-    /// `ε = (x − α) / β`: the standard normal that puts `x` on the flow `α + β ε`.
-    fn eps_of(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(((x - &self.alpha)? / &self.beta)?)
-    }
-
-    /// The ODE drift (velocity) `∂α/∂t + (∂β/∂t / β)(x − α)` (eq. 40): the flow `α + β ε`.
-    pub fn ode_drift(&self, x: &Tensor) -> Result<Tensor> {
-        self.ode_drift_at_eps(&self.eps_of(x)?)
-    }
-
-    /// The forward SDE drift `f_q = f_q,ode + ½ ∂σ²/∂x + ½ σ² ∇ₓ log q_t` for the diffusion
-    /// `d` at the same rows (eq. 44, `docs/MATH.md` §5).
-    pub fn forward_drift(&self, x: &Tensor, d: &DiffusionAt) -> Result<Tensor> {
-        self.sde_drift_at_eps(&self.eps_of(x)?, d, 1.0)
-    }
-
-    /// The reverse-time SDE drift `f_q,bwd = f_q,ode − ½ ∂σ²/∂x − ½ σ² ∇ₓ log q_t`.
-    pub fn reverse_drift(&self, x: &Tensor, d: &DiffusionAt) -> Result<Tensor> {
-        self.sde_drift_at_eps(&self.eps_of(x)?, d, -1.0)
-    }
-
-    /// The ODE drift at the reparameterised point `x = α + β ε`, written in `ε`:
-    /// `f_q,ode = ∂α/∂t + ∂β/∂t ε` (no division by `β`, so it holds where `β` reaches 0, as
-    /// at the data end of flow matching's interpolant). The conditional flow-matching target,
-    /// and the one place the ODE drift is written.
-    pub fn ode_drift_at_eps(&self, eps: &Tensor) -> Result<Tensor> {
-        let (da, db) = self.derivatives()?;
-        Ok((da + (db * eps)?)?)
-    }
-
-    /// The forward SDE drift at the reparameterised point `x = α + β ε`, written in `ε`:
-    /// `f_q = ∂α/∂t + ∂β/∂t ε + ½ ∂σ²/∂x − ½ σ² ε / β` (the losses call this form: they draw
-    /// `ε`).
-    pub fn forward_drift_at_eps(&self, eps: &Tensor, d: &DiffusionAt) -> Result<Tensor> {
-        self.sde_drift_at_eps(eps, d, 1.0)
-    }
-
-    /// `f_q,ode ± (½ ∂σ²/∂x + ½ σ² ∇ log q)` at `x = α + β ε`, with `∇ log q = −ε / β`;
-    /// `sign` +1 forward, −1 reverse: the one place the SDE drifts are written.
-    pub(crate) fn sde_drift_at_eps(
-        &self,
-        eps: &Tensor,
-        d: &DiffusionAt,
-        sign: f64,
-    ) -> Result<Tensor> {
-        let mut f = self.ode_drift_at_eps(eps)?;
-        f = (f + ((&d.sigma2 * eps)? / &self.beta)?.affine(-0.5 * sign, 0.0)?)?;
-        if let Some(ds) = &d.dsigma2_dx {
-            f = (f + ds.affine(0.5 * sign, 0.0)?)?;
-        }
-        Ok(f)
-    }
-
-    /// `KL(N(α, β²) ‖ N(0, 1)) = ½ (α² + β² − 1 − log β²)` per row (`docs/MATH.md` §5).
+    /// `KL(N(α, β²) ‖ N(0, 1)) = ½ (α² + β² − 1 − log β²)` per row, in closed form
+    /// (`docs/MATH.md` §5).
     pub fn kl_to_standard_normal(&self) -> Result<Tensor> {
         let b2 = self.beta.sqr()?;
         Ok(((self.alpha.sqr()? + &b2)? - b2.log()?)?.affine(0.5, -0.5)?)
     }
 
-    /// `E_{x ~ N(α, β²)}[log N(y; x, δ²)] = −½ [((y − α)² + β²)/δ² + log(2π δ²)]` per row, for
-    /// `delta` `(B, 1)` or `(1, 1)` (broadcast).
+    /// `E_{x ~ N(α, β²)}[log N(y; x, δ²)] = −½ [((y − α)² + β²)/δ² + log(2π δ²)]` per row in
+    /// closed form, for `delta` `(B, 1)` or `(1, 1)` (broadcast).
     pub fn expected_gaussian_log_likelihood(&self, y: &Tensor, delta: &Tensor) -> Result<Tensor> {
-        let d2 = delta.sqr()?;
-        let num = ((y - &self.alpha)?.sqr()? + self.beta.sqr()?)?;
-        let quad = num.broadcast_div(&d2)?;
-        let log_norm = d2.log()?.affine(1.0, LN_2PI)?;
-        Ok(quad.broadcast_add(&log_norm)?.affine(-0.5, 0.0)?)
+        // log N(y; α, δ²) − ½ β²/δ².
+        let spread = self.beta.sqr()?.broadcast_div(&delta.sqr()?)?;
+        Ok((gaussian_log_likelihood(y, &self.alpha, delta)? - spread.affine(0.5, 0.0)?)?)
     }
 }
 
-/// A parameterisation of the Gaussian variational process: `α(y, t)`, `β(y, t)` and, on
-/// request, their time derivatives, per row.
-pub trait GaussianProcess {
-    /// The marginal at data `y` `(B, 1)` and times `t` (one per row, or one for all);
-    /// `derivatives` asks for `∂α/∂t` and `∂β/∂t`.
-    fn marginal(&self, y: &Tensor, t: Time<'_>, derivatives: bool) -> Result<GaussianMarginal>;
+/// The linear flow `φ = α + β ε`: `∂φ/∂ε = β`, `∂φ/∂t = ∂α/∂t + ∂β/∂t ε` (no division by `β`,
+/// so it holds where `β` reaches 0, as at the data end of flow matching's interpolant), score
+/// `−ε / β`.
+impl FlowMarginal for GaussianMarginal {
+    fn sample(&self, eps: &Tensor) -> Result<Tensor> {
+        Ok((&self.alpha + (&self.beta * eps)?)?)
+    }
+
+    fn eps_of(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(((x - &self.alpha)? / &self.beta)?)
+    }
+
+    fn log_det(&self, eps: &Tensor) -> Result<Tensor> {
+        Ok(self.beta.log()?.broadcast_as(eps.dims())?.contiguous()?)
+    }
+
+    fn ode_drift_at_eps(&self, eps: &Tensor) -> Result<Tensor> {
+        let (da, db) = self.derivatives()?;
+        Ok((da + (db * eps)?)?)
+    }
+
+    fn score_at_eps(&self, eps: &Tensor) -> Result<Tensor> {
+        Ok((eps / &self.beta)?.neg()?)
+    }
+
+    /// `−(x − α) / β²`, without forming `ε`.
+    fn score(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(((x - &self.alpha)? / self.beta.sqr()?)?.neg()?)
+    }
+
+    fn kl_to_standard_normal(&self, _rule: &Rule) -> Result<Tensor> {
+        GaussianMarginal::kl_to_standard_normal(self)
+    }
+
+    fn expected_gaussian_log_likelihood(
+        &self,
+        y: &Tensor,
+        delta: &Tensor,
+        _rule: &Rule,
+    ) -> Result<Tensor> {
+        GaussianMarginal::expected_gaussian_log_likelihood(self, y, delta)
+    }
+
+    fn like(&self) -> &Tensor {
+        &self.alpha
+    }
 }
+
+/// A variational process: its marginal flow at rows `(y, t)`, with `∂φ/∂t` on request.
+pub trait VariationalProcess {
+    /// The flow the process evaluates to at a batch of rows.
+    type Marginal: FlowMarginal;
+
+    /// The marginal at data `y` `(B, 1)` and times `t` (one per row, or one for all);
+    /// `derivatives` asks for the time derivatives the drifts need.
+    fn marginal(&self, y: &Tensor, t: Time<'_>, derivatives: bool) -> Result<Self::Marginal>;
+}
+
+/// A variational process with Gaussian marginals `N(α(y, t), β(y, t)²)`: the linear flow. Every
+/// [`VariationalProcess`] whose marginal is a [`GaussianMarginal`] is one.
+pub trait GaussianProcess: VariationalProcess<Marginal = GaussianMarginal> {}
+
+impl<P: VariationalProcess<Marginal = GaussianMarginal>> GaussianProcess for P {}
 
 /// The SDE experiment's variational process (`docs/REFERENCE.md` §2):
 ///
@@ -247,7 +381,9 @@ impl NetworkGaussian {
     }
 }
 
-impl GaussianProcess for NetworkGaussian {
+impl VariationalProcess for NetworkGaussian {
+    type Marginal = GaussianMarginal;
+
     fn marginal(&self, y: &Tensor, t: Time<'_>, derivatives: bool) -> Result<GaussianMarginal> {
         let batch = y.dim(0)?;
         let beta1 = self.beta1()?;
@@ -332,14 +468,14 @@ pub struct VariationalField<'a, P, G> {
     ys: Tensor,
 }
 
-impl<'a, P: GaussianProcess, G: crate::elbo::GenerativeSde> VariationalField<'a, P, G> {
+impl<'a, P: VariationalProcess, G: crate::elbo::GenerativeSde> VariationalField<'a, P, G> {
     /// The field of `process` for data `ys` `(B, 1)`; `model` supplies the diffusion of the
     /// SDE form (unused by the ODE form).
     pub fn new(process: &'a P, model: &'a G, ys: Tensor) -> Self {
         Self { process, model, ys }
     }
 
-    fn at(&self, x: &Tensor, t: f64) -> Result<(GaussianMarginal, Tensor)> {
+    fn at(&self, x: &Tensor, t: f64) -> Result<(P::Marginal, Tensor)> {
         if x.dims() != self.ys.dims() {
             return Err(Error::invalid(
                 "x",
@@ -365,7 +501,7 @@ fn core_err(e: Error) -> sde_core::Error {
     sde_core::Error::Field(Box::new(e))
 }
 
-impl<P: GaussianProcess, G: crate::elbo::GenerativeSde> sde_core::VectorField<Tensor>
+impl<P: VariationalProcess, G: crate::elbo::GenerativeSde> sde_core::VectorField<Tensor>
     for VariationalField<'_, P, G>
 {
     fn velocity(&self, x: &Tensor, t: f64) -> sde_core::Result<Tensor> {
@@ -375,7 +511,7 @@ impl<P: GaussianProcess, G: crate::elbo::GenerativeSde> sde_core::VectorField<Te
     }
 }
 
-impl<P: GaussianProcess, G: crate::elbo::GenerativeSde> sde_core::Drift<Tensor>
+impl<P: VariationalProcess, G: crate::elbo::GenerativeSde> sde_core::Drift<Tensor>
     for VariationalField<'_, P, G>
 {
     /// The reverse-time drift `f_q,bwd` (for a decreasing time grid, `docs/MATH.md` §1).
@@ -383,13 +519,13 @@ impl<P: GaussianProcess, G: crate::elbo::GenerativeSde> sde_core::Drift<Tensor>
         let run = || -> Result<Tensor> {
             let (q, eps) = self.at(x, t)?;
             let (_, d) = self.model.drift_and_diffusion(x, &self.t_column(t)?)?;
-            q.sde_drift_at_eps(&eps, &d, -1.0)
+            q.reverse_drift_at_eps(&eps, &d)
         };
         run().map_err(core_err)
     }
 }
 
-impl<P: GaussianProcess, G: crate::elbo::GenerativeSde> sde_core::Diffusion<Tensor>
+impl<P: VariationalProcess, G: crate::elbo::GenerativeSde> sde_core::Diffusion<Tensor>
     for VariationalField<'_, P, G>
 {
     fn diffusion(&self, x: &Tensor, t: f64) -> sde_core::Result<sde_core::Noise<Tensor>> {

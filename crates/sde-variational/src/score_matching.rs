@@ -17,7 +17,7 @@ use crate::elbo::GenerativeSde;
 use crate::engine::value_and_tangents;
 use crate::error::{Error, Result};
 use crate::mlp::{Mlp, Time};
-use crate::process::{DiffusionAt, GaussianProcess};
+use crate::process::{DiffusionAt, FlowMarginal, VariationalProcess};
 use crate::vdm::VpSchedule;
 
 /// The score-matching generative SDE on a VP schedule: `f = f_q,bwd + σ² s_θ`,

@@ -20,7 +20,7 @@ use crate::elbo::GenerativeSde;
 use crate::engine::value_and_tangents;
 use crate::error::{Error, Result};
 use crate::mlp::{Mlp, Time};
-use crate::process::{DiffusionAt, GaussianMarginal, GaussianProcess};
+use crate::process::{DiffusionAt, FlowMarginal, GaussianMarginal, VariationalProcess};
 
 /// The variance-preserving process with the linear log-SNR schedule `λ(t) = (1 − t) λ₀ + t λ₁`:
 /// `q_t(x | y) = N(a_t y, b_t²)`, `a_t² = sigmoid(λ)`, `b_t² = sigmoid(−λ)`. The endpoints are
@@ -112,7 +112,9 @@ impl VpSchedule {
     }
 }
 
-impl GaussianProcess for VpSchedule {
+impl VariationalProcess for VpSchedule {
+    type Marginal = GaussianMarginal;
+
     fn marginal(&self, y: &Tensor, t: Time<'_>, derivatives: bool) -> Result<GaussianMarginal> {
         let batch = y.dim(0)?;
         let (a, b, sigma2) = self.coefficients(t)?;

@@ -64,7 +64,9 @@ mod learned {
     use candle_nn::VarMap;
     use sde_variational::elbo::{diffusion_term, GenerativeSde};
     use sde_variational::flow_matching::{fm_elbo, FmWeighting};
-    use sde_variational::{Activation, DiffusionAt, GaussianProcess, Mlp, MlpConfig, Time};
+    use sde_variational::{
+        Activation, DiffusionAt, FlowMarginal, Mlp, MlpConfig, Time, VariationalProcess,
+    };
 
     fn column(v: Vec<f64>) -> Result<Tensor> {
         Ok(Tensor::from_vec(v.clone(), (v.len(), 1), &Device::Cpu)?)

@@ -7,16 +7,16 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarMap;
-use common::{rel_err, values};
+use common::{
+    column, filled, moments_of, net, normals, random_process, random_sde, rel_err, values,
+};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use rand_distr::StandardNormal;
+use rand::SeedableRng;
 use sde_core::fokker_planck::FokkerPlanck1d;
 use sde_variational::elbo::diffusion_term;
 use sde_variational::{
-    sde_elbo, Activation, DiffusionAt, GaussianMarginal, GaussianProcess, GenerativeSde, Mlp,
-    MlpConfig, NetworkGaussian, NeuralSde, Result, Time,
+    sde_elbo, Activation, DiffusionAt, FlowMarginal, GaussianMarginal, GenerativeSde, Mlp,
+    NetworkGaussian, NeuralSde, Result, Time, VariationalProcess,
 };
 
 const LN_2PI: f64 = 1.837_877_066_409_345_3;
@@ -25,136 +25,16 @@ fn log_normal(x: f64, mean: f64, var: f64) -> f64 {
     -0.5 * ((x - mean).powi(2) / var + var.ln() + LN_2PI)
 }
 
-/// A `(n, 1)` f64 column.
-fn column(v: &[f64]) -> Result<Tensor> {
-    Ok(Tensor::from_slice(v, (v.len(), 1), &Device::Cpu)?)
-}
-
-/// A `(n, 1)` f64 column of one value.
-fn filled(v: f64, n: usize) -> Result<Tensor> {
-    Ok(Tensor::full(v, (n, 1), &Device::Cpu)?)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Quadrature rules, computed here: the `n` roots of an orthogonal polynomial by a sign-change
-// scan and bisection to the last bit, the weights from the standard closed forms.
-
-/// `(p_n(x), p_{n−1}(x))` by the three-term recurrence `p_{k+1} = (x − a_k) p_k − b_k p_{k−1}`
-/// written as `next(k, x, p_k, p_{k−1})`.
-fn recurrence(n: usize, x: f64, next: impl Fn(usize, f64, f64, f64) -> f64) -> (f64, f64) {
-    let (mut prev, mut cur) = (0.0, 1.0);
-    for k in 0..n {
-        let nxt = next(k, x, cur, prev);
-        prev = cur;
-        cur = nxt;
-    }
-    (cur, prev)
-}
-
-/// The roots of `p` in `(lo, hi)`, which must be `n` simple ones at least `(hi − lo)/scan`
-/// apart.
-fn roots(n: usize, lo: f64, hi: f64, scan: usize, p: impl Fn(f64) -> f64) -> Vec<f64> {
-    let mut out = Vec::with_capacity(n);
-    let step = (hi - lo) / scan as f64;
-    for i in 0..scan {
-        let (mut a, mut b) = (lo + i as f64 * step, lo + (i + 1) as f64 * step);
-        let (mut fa, fb) = (p(a), p(b));
-        if fa == 0.0 {
-            out.push(a);
-            continue;
-        }
-        // A root on the right end is counted by the next interval, as its left end.
-        if fa * fb > 0.0 || fb == 0.0 {
-            continue;
-        }
-        for _ in 0..200 {
-            let m = 0.5 * (a + b);
-            if m <= a || m >= b {
-                break;
-            }
-            let fm = p(m);
-            if fm * fa > 0.0 {
-                a = m;
-                fa = fm;
-            } else {
-                b = m;
-            }
-        }
-        out.push(0.5 * (a + b));
-    }
-    assert_eq!(out.len(), n, "root scan found {} of {n} roots", out.len());
-    out
-}
-
-/// Gauss–Legendre nodes and weights on `[0, 1]` (exact for polynomials of degree `2n − 1`).
+/// Gauss–Legendre nodes and weights on `[0, 1]`.
 fn gauss_legendre01(n: usize) -> (Vec<f64>, Vec<f64>) {
-    // (k + 1) P_{k+1} = (2k + 1) x P_k − k P_{k−1}.
-    let legendre = |x: f64| {
-        recurrence(n, x, |k, x, p, q| {
-            ((2 * k + 1) as f64 * x * p - k as f64 * q) / (k + 1) as f64
-        })
-    };
-    // The outermost roots of P_40 are 7.5e-3 apart and 1.7e-3 from ±1: a 1e-4 scan separates them.
-    let xs = roots(n, -1.0, 1.0, 20_000, |x| legendre(x).0);
-    let mut ts = Vec::with_capacity(n);
-    let mut ws = Vec::with_capacity(n);
-    for x in xs {
-        let (p, q) = legendre(x);
-        let dp = n as f64 * (x * p - q) / (x * x - 1.0);
-        ts.push(0.5 * (x + 1.0));
-        ws.push(1.0 / ((1.0 - x * x) * dp * dp)); // 2/((1 − x²) P′²), halved for [0, 1].
-    }
-    (ts, ws)
+    let r = sde_core::quadrature::gauss_legendre(n, 0.0, 1.0).expect("a valid rule");
+    (r.nodes, r.weights)
 }
 
-/// Gauss–Hermite nodes and weights for `E[g(ε)]`, `ε ~ N(0, 1)` (probabilists' polynomials
-/// `He_{k+1} = x He_k − k He_{k−1}`; weights `n! / (n² He_{n−1}(x_i)²)`; exact for polynomials
-/// of degree `2n − 1`).
+/// Gauss–Hermite nodes and weights for `E[g(ε)]`, `ε ~ N(0, 1)`.
 fn gauss_hermite(n: usize) -> (Vec<f64>, Vec<f64>) {
-    let hermite = |x: f64| recurrence(n, x, |k, x, p, q| x * p - k as f64 * q);
-    // The roots of He_n lie within ±√(4n + 2) ≤ ±(2√n + 1), and are at least ~1/√n apart
-    // (0.35 for n = 20), far more than the scan's step.
-    let bound = 2.0 * (n as f64).sqrt() + 1.0;
-    let xs = roots(n, -bound, bound, 40_000, |x| hermite(x).0);
-    let n_fact: f64 = (1..=n).map(|k| k as f64).product();
-    let ws = xs
-        .iter()
-        .map(|&x| {
-            let q = hermite(x).1;
-            n_fact / ((n * n) as f64 * q * q)
-        })
-        .collect();
-    (xs, ws)
-}
-
-#[test]
-fn the_quadrature_rules_are_right() {
-    let (xs, ws) = gauss_hermite(3);
-    // The 3-point rule in closed form: nodes −√3, 0, √3, weights 1/6, 2/3, 1/6 (rounding only).
-    let r3 = 3f64.sqrt();
-    for ((x, w), (ex, ew)) in
-        xs.iter()
-            .zip(&ws)
-            .zip([(-r3, 1.0 / 6.0), (0.0, 2.0 / 3.0), (r3, 1.0 / 6.0)])
-    {
-        assert!(
-            (x - ex).abs() < 1e-14 && (w - ew).abs() < 1e-14,
-            "({x}, {w})"
-        );
-    }
-    // Moments of N(0, 1) and of U(0, 1), exact for these degrees: what remains is the rounding
-    // of sums of at most 40 positive terms no larger than the result, ~1e-14 relative.
-    let (xs, ws) = gauss_hermite(20);
-    for (k, m) in [(0, 1.0), (2, 1.0), (4, 3.0), (6, 15.0), (8, 105.0)] {
-        let s: f64 = xs.iter().zip(&ws).map(|(x, w)| w * x.powi(k)).sum();
-        assert!((s - m).abs() < 1e-12 * m.max(1.0), "E[ε^{k}] = {s}");
-    }
-    let (ts, ws) = gauss_legendre01(40);
-    for k in [0, 1, 5, 30, 79] {
-        let s: f64 = ts.iter().zip(&ws).map(|(t, w)| w * t.powi(k)).sum();
-        let exact = 1.0 / (k + 1) as f64;
-        assert!((s - exact).abs() < 1e-13, "∫ t^{k} = {s}");
-    }
+    let r = sde_core::quadrature::gauss_hermite(n).expect("a valid rule");
+    (r.nodes, r.weights)
 }
 
 /// The tensor grid `(t_i, ε_j)` of two rules, flattened row-major, with the product weights.
@@ -178,7 +58,7 @@ fn product_grid(
 /// `ELBO(y)` by quadrature: `sde_elbo` on the rows of the grid (`y` repeated), then the
 /// weighted sum of the per-row ELBOs (the weights sum to 1, so the closed-form terms come out
 /// once).
-fn elbo_by_quadrature<P: GaussianProcess, G: GenerativeSde>(
+fn elbo_by_quadrature<P: VariationalProcess, G: GenerativeSde>(
     process: &P,
     model: &G,
     y: f64,
@@ -268,7 +148,9 @@ impl OuPosterior {
     }
 }
 
-impl GaussianProcess for OuPosterior {
+impl VariationalProcess for OuPosterior {
+    type Marginal = GaussianMarginal;
+
     fn marginal(&self, y: &Tensor, t: Time<'_>, derivatives: bool) -> Result<GaussianMarginal> {
         let ys = values(y)?;
         let ts = match t {
@@ -421,32 +303,6 @@ fn elbo_is_tight_at_the_exact_posterior_of_a_linear_gaussian_model() -> Result<(
 // ---------------------------------------------------------------------------------------------
 // Random networks.
 
-fn net(widths: Vec<usize>, output: Activation, name: &str, rng: &mut StdRng) -> Result<Mlp> {
-    Mlp::new(
-        &MlpConfig::new(widths, output),
-        &VarMap::new(),
-        name,
-        DType::F64,
-        &Device::Cpu,
-        rng,
-    )
-}
-
-fn random_sde(seed: u64) -> Result<NeuralSde> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let drift = net(vec![2, 16, 16, 1], Activation::Identity, "drift", &mut rng)?;
-    let sigma = net(vec![2, 16, 16, 1], Activation::Softplus, "sigma", &mut rng)?;
-    NeuralSde::new(drift, sigma)?.detached()
-}
-
-fn random_process(seed: u64, beta1: f64) -> Result<NetworkGaussian> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let a = net(vec![2, 16, 16, 1], Activation::Identity, "a", &mut rng)?;
-    let b = net(vec![2, 16, 16, 1], Activation::Softplus, "b", &mut rng)?;
-    let log_beta1 = NetworkGaussian::log_beta1_var(beta1, DType::F64, &Device::Cpu)?;
-    NetworkGaussian::new(a, b, log_beta1.as_tensor().clone())?.detached()
-}
-
 /// `log p(y) = log ∫ N(y; x, δ²) p_1(x) dx` of `model` from `p_0 = N(0, 1)`, by the
 /// Fokker–Planck solver on `n` cells of `[−12, 12]` and the midpoint sum over the cells.
 fn fokker_planck_log_evidence(
@@ -515,20 +371,6 @@ fn elbo_is_below_the_fokker_planck_log_likelihood_of_a_random_neural_sde() -> Re
 
 // ---------------------------------------------------------------------------------------------
 // Test 3: the variational SDEs simulated.
-
-/// Sample mean and variance.
-fn moments_of(x: &Tensor) -> Result<(f64, f64)> {
-    let v = values(x)?;
-    let n = v.len() as f64;
-    let m = v.iter().sum::<f64>() / n;
-    let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0);
-    Ok((m, var))
-}
-
-fn normals(rng: &mut StdRng, n: usize) -> Result<Tensor> {
-    let v: Vec<f64> = (0..n).map(|_| rng.sample(StandardNormal)).collect();
-    column(&v)
-}
 
 /// The marginal at the single data point `y` `(1, 1)` and scalar time `t`, with derivatives,
 /// broadcast to `n` rows (every path shares `y`, so the networks need one row).
@@ -880,5 +722,35 @@ fn encoding_through_the_library_adapter_inverts_the_flow_and_keeps_q0() -> Resul
         "var {v} vs β₀² {}",
         b0 * b0
     );
+    Ok(())
+}
+
+#[test]
+fn elbo_with_a_sinh_arcsinh_flow_is_below_the_fokker_planck_log_likelihood() -> Result<()> {
+    use sde_variational::flow::SinhArcsinh;
+    // The same random model as above, with a random skew and tail weight on its process: the
+    // prior KL now comes from the 16-node Gauss–Hermite rule, the bound must still hold.
+    let model = random_sde(11)?;
+    let base = random_process(12, 0.3)?;
+    let delta = values(&base.beta1()?)?[0];
+    let mut rng = StdRng::seed_from_u64(13);
+    let shape = net(vec![2, 16, 16, 2], Activation::Identity, "shape", &mut rng)?.detached()?;
+    let process = SinhArcsinh::new(base, shape)?;
+    let ys = [-2.0, 0.0, 2.5];
+    let log_p = fokker_planck_log_evidence(&model, 400, &ys, delta)?;
+    let log_p_coarse = fokker_planck_log_evidence(&model, 200, &ys, delta)?;
+    let fine = product_grid(&gauss_legendre01(40), &gauss_hermite(20));
+    let coarse = product_grid(&gauss_legendre01(20), &gauss_hermite(10));
+    for (i, &y) in ys.iter().enumerate() {
+        let elbo = elbo_by_quadrature(&process, &model, y, &fine, delta)?;
+        let elbo_coarse = elbo_by_quadrature(&process, &model, y, &coarse, delta)?;
+        let margin =
+            10.0 * ((elbo - elbo_coarse).abs() + (log_p[i] - log_p_coarse[i]).abs()) + 1e-6;
+        assert!(
+            elbo.is_finite() && elbo < log_p[i] - margin,
+            "y = {y}: ELBO {elbo} not below log p(y) {} by the margin {margin}",
+            log_p[i]
+        );
+    }
     Ok(())
 }

@@ -13,7 +13,9 @@ use rand::{Rng, SeedableRng};
 use sde_variational::elbo::{diffusion_term, GenerativeSde};
 use sde_variational::flow_matching::{fm_loss_weighted, Interpolant};
 use sde_variational::vdm::{drift_matching_closed_form, VdmSde, VpSchedule};
-use sde_variational::{Activation, DiffusionAt, GaussianProcess, Mlp, MlpConfig, Result, Time};
+use sde_variational::{
+    Activation, DiffusionAt, FlowMarginal, Mlp, MlpConfig, Result, Time, VariationalProcess,
+};
 
 fn model(dtype: DType, seed: u64, lambda: (f64, f64)) -> Result<VdmSde> {
     let mut rng = StdRng::seed_from_u64(seed);

@@ -1,0 +1,221 @@
+//! A non-linear variational flow: the sinh–arcsinh transform of a Gaussian process
+//! (`docs/MATH.md` §5; paper §6, eq. 38–40).
+//!
+//! For a Gaussian process `N(α(y, t), β(y, t)²)` and time-dependent shape parameters, a skew
+//! `s(y, t)` and a log tail weight `ℓ(y, t)` (`τ = e^ℓ`), the flow
+//!
+//! ```text
+//! φ(ε, t) = α + β sinh(τ asinh(ε) + s),      ε ~ N(0, 1)
+//! ```
+//!
+//! is increasing in `ε`, equal to the linear flow `α + β ε` at `s = 0, τ = 1`, skewed for
+//! `s ≠ 0`, with heavier (`τ > 1`) or lighter (`τ < 1`) tails than the normal (Jones & Pewsey's
+//! sinh–arcsinh family). With `u = asinh ε`, `w = τ u + s`:
+//!
+//! ```text
+//! φ⁻¹(x)      = sinh((asinh((x − α)/β) − s) / τ)
+//! ∂φ/∂ε       = β τ cosh(w) / √(1 + ε²)
+//! ∂φ/∂t       = ∂α/∂t + ∂β/∂t sinh(w) + β cosh(w) (τ ∂ℓ/∂t u + ∂s/∂t)
+//! ∇ₓ log q_t  = (−ε − τ tanh(w)/√(1 + ε²) + ε/(1 + ε²)) / (∂φ/∂ε)
+//! ```
+//!
+//! [`SinhArcsinh`] puts learned shape on top of any [`GaussianProcess`] with `s = (1 − t) S(y, t)`
+//! and `ℓ = (1 − t) L(y, t)` from one tanh network `[y, t] → (S, L)`: the shape vanishes at
+//! `t = 1`, so `q_1` stays the base process's Gaussian (the likelihood end), while the prior end
+//! `q_0(·|y)` — the posterior over the latent — may be skewed and heavy-tailed.
+
+use candle_core::Tensor;
+
+use crate::engine::value_and_tangents;
+use crate::error::{Error, Result};
+use crate::mlp::{Activation, Mlp, Time};
+use crate::process::{FlowMarginal, GaussianMarginal, GaussianProcess, VariationalProcess};
+
+/// `asinh z` to rounding in absolute terms, for either sign (`ln(z + √(z² + 1))` for `z ≥ 0`, its odd reflection
+/// otherwise) and with the right derivative `1/√(z² + 1)` everywhere, zero included. Each branch
+/// sees an argument clamped to `≥ −1`, where `z + √(z² + 1) ≥ √2 − 1`, so the branch not taken
+/// never forms a log of 0 (whose backward would give 0 × ∞ = NaN).
+pub fn asinh(z: &Tensor) -> Result<Tensor> {
+    let pos = |v: &Tensor| -> Result<Tensor> {
+        let v = v.maximum(-1.0)?;
+        Ok((&v + (v.sqr()? + 1.0)?.sqrt()?)?.log()?)
+    };
+    let up = pos(z)?;
+    let down = pos(&z.neg()?)?.neg()?;
+    Ok(z.ge(0.0)?.where_cond(&up, &down)?)
+}
+
+/// `(sinh w, cosh w)`.
+fn sinh_cosh(w: &Tensor) -> Result<(Tensor, Tensor)> {
+    let ep = w.exp()?;
+    let em = w.neg()?.exp()?;
+    Ok((((&ep - &em)? * 0.5)?, ((ep + em)? * 0.5)?))
+}
+
+/// The sinh–arcsinh flow `α + β sinh(τ asinh(ε) + s)` at a batch of rows, `τ = e^ℓ`; all
+/// tensors `(B, 1)`. The time derivatives are needed by the drifts only.
+#[derive(Debug, Clone)]
+pub struct SinhArcsinhMarginal {
+    /// The location and scale: the base Gaussian `N(α, β²)`, with `∂α/∂t`, `∂β/∂t`.
+    pub base: GaussianMarginal,
+    /// The skew `s`.
+    pub skew: Tensor,
+    /// The log tail weight `ℓ = log τ`.
+    pub log_tail: Tensor,
+    /// `∂s/∂t`.
+    pub dskew_dt: Option<Tensor>,
+    /// `∂ℓ/∂t`.
+    pub dlog_tail_dt: Option<Tensor>,
+}
+
+impl SinhArcsinhMarginal {
+    /// `(u, w, τ, 1 + ε²)` at `eps`: `u = asinh ε`, `w = τ u + s`.
+    fn parts(&self, eps: &Tensor) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+        let u = asinh(eps)?;
+        let tau = self.log_tail.exp()?;
+        let w = ((&tau * &u)? + &self.skew)?;
+        let one_eps2 = (eps.sqr()? + 1.0)?;
+        Ok((u, w, tau, one_eps2))
+    }
+
+    /// `∂φ/∂ε = β τ cosh(w) / √(1 + ε²)` and `tanh w`.
+    fn slope(&self, eps: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (_, w, tau, one_eps2) = self.parts(eps)?;
+        let (sh, ch) = sinh_cosh(&w)?;
+        let dphi = ((&self.base.beta * &tau)? * &ch)?.div(&one_eps2.sqrt()?)?;
+        Ok((dphi, (sh / ch)?, tau))
+    }
+}
+
+impl FlowMarginal for SinhArcsinhMarginal {
+    fn sample(&self, eps: &Tensor) -> Result<Tensor> {
+        let (_, w, _, _) = self.parts(eps)?;
+        let (sh, _) = sinh_cosh(&w)?;
+        Ok((&self.base.alpha + (&self.base.beta * sh)?)?)
+    }
+
+    fn eps_of(&self, x: &Tensor) -> Result<Tensor> {
+        let w = asinh(&((x - &self.base.alpha)? / &self.base.beta)?)?;
+        let u = ((w - &self.skew)? / self.log_tail.exp()?)?;
+        Ok(sinh_cosh(&u)?.0)
+    }
+
+    fn log_det(&self, eps: &Tensor) -> Result<Tensor> {
+        let (dphi, _, _) = self.slope(eps)?;
+        Ok(dphi.log()?)
+    }
+
+    fn ode_drift_at_eps(&self, eps: &Tensor) -> Result<Tensor> {
+        let (Some(ds), Some(dl)) = (&self.dskew_dt, &self.dlog_tail_dt) else {
+            return Err(Error::invalid(
+                "marginal",
+                "without time derivatives",
+                "the drifts need ∂s/∂t and ∂ℓ/∂t: evaluate it with derivatives = true",
+            ));
+        };
+        let (Some(da), Some(db)) = (&self.base.dalpha_dt, &self.base.dbeta_dt) else {
+            return Err(Error::invalid(
+                "marginal",
+                "without time derivatives",
+                "the drifts need ∂α/∂t and ∂β/∂t: evaluate it with derivatives = true",
+            ));
+        };
+        let (u, w, tau, _) = self.parts(eps)?;
+        let (sh, ch) = sinh_cosh(&w)?;
+        // ∂w/∂t = τ ∂ℓ/∂t u + ∂s/∂t.
+        let dw = (((&tau * dl)? * &u)? + ds)?;
+        Ok(((da + (db * sh)?)? + ((&self.base.beta * ch)? * dw)?)?)
+    }
+
+    fn score_at_eps(&self, eps: &Tensor) -> Result<Tensor> {
+        let (dphi, th, tau) = self.slope(eps)?;
+        let one_eps2 = (eps.sqr()? + 1.0)?;
+        // d/dε log q(φ(ε)) = −ε − d/dε log ∂φ/∂ε, divided by ∂φ/∂ε.
+        let dlog_slope = (((th * tau)? / one_eps2.sqrt()?)? - (eps / &one_eps2)?)?;
+        Ok(((eps.neg()? - dlog_slope)? / dphi)?)
+    }
+
+    fn like(&self) -> &Tensor {
+        &self.base.alpha
+    }
+}
+
+/// Learned sinh–arcsinh shape on top of a Gaussian process `base`: `s = (1 − t) S(y, t)`,
+/// `ℓ = (1 − t) L(y, t)` with `(S, L)` the two outputs of a tanh network on `[y, t]`, so that
+/// `q_1` is the base's Gaussian and `q_t` for `t < 1` may be skewed and heavy- or light-tailed.
+/// `∂s/∂t = −S + (1 − t) ∂S/∂t` and likewise `∂ℓ/∂t`, the `∂/∂t` from the engine's tangents.
+#[derive(Debug, Clone)]
+pub struct SinhArcsinh<P> {
+    base: P,
+    shape: Mlp,
+}
+
+impl<P: GaussianProcess> SinhArcsinh<P> {
+    /// The flow of `base` shaped by `shape`, a network `[y, t] → (S, L)` with identity output.
+    ///
+    /// # Errors
+    /// `shape` not mapping two inputs to two outputs, or with a non-identity output.
+    pub fn new(base: P, shape: Mlp) -> Result<Self> {
+        if shape.in_dim() != 2 || shape.out_dim() != 2 {
+            return Err(Error::invalid(
+                "shape",
+                format!("widths {:?}", shape.config().widths),
+                "must map [y, t] to two outputs (skew, log tail weight)",
+            ));
+        }
+        if shape.config().output != Activation::Identity {
+            return Err(Error::invalid(
+                "shape",
+                format!("{:?} output", shape.config().output),
+                "must have an identity output (skew and log tail weight are unbounded)",
+            ));
+        }
+        Ok(Self { base, shape })
+    }
+
+    /// The Gaussian process under the shape.
+    pub fn base(&self) -> &P {
+        &self.base
+    }
+
+    /// The shape network.
+    pub fn shape(&self) -> &Mlp {
+        &self.shape
+    }
+}
+
+impl<P: GaussianProcess> VariationalProcess for SinhArcsinh<P> {
+    type Marginal = SinhArcsinhMarginal;
+
+    fn marginal(&self, y: &Tensor, t: Time<'_>, derivatives: bool) -> Result<Self::Marginal> {
+        let base = self.base.marginal(y, t, derivatives)?;
+        let dirs: &[usize] = if derivatives { &[1] } else { &[] };
+        let (out, tangents) = value_and_tangents(&self.shape, y, t, dirs)?;
+        let omt = match t {
+            Time::Scalar(tv) => {
+                Tensor::full(1.0 - tv, y.dims(), y.device())?.to_dtype(y.dtype())?
+            }
+            Time::PerSample(ts) => ts.affine(-1.0, 1.0)?,
+        };
+        // Column k of the network: its value times (1 − t), and the time derivative
+        // −value + (1 − t) ∂value/∂t.
+        let column = |k: usize| -> Result<(Tensor, Option<Tensor>)> {
+            let v = out.narrow(1, k, 1)?;
+            let value = (&omt * &v)?;
+            let dt = match tangents.first() {
+                Some(d) => Some(((&omt * d.narrow(1, k, 1)?)? - &v)?),
+                None => None,
+            };
+            Ok((value, dt))
+        };
+        let (skew, dskew_dt) = column(0)?;
+        let (log_tail, dlog_tail_dt) = column(1)?;
+        Ok(SinhArcsinhMarginal {
+            base,
+            skew,
+            log_tail,
+            dskew_dt,
+            dlog_tail_dt,
+        })
+    }
+}
