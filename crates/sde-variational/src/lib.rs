@@ -22,6 +22,8 @@
 //!   [`VariationalProcess`]) — the one place where the forward and reverse-time SDE drifts are
 //!   written — with the linear flow, the Gaussian `N(α, β²)` ([`GaussianMarginal`],
 //!   [`GaussianProcess`]), and the SDE experiment's networks [`NetworkGaussian`].
+//! - [`mixture`]: mixtures of variational flows (responsibilities, drift, score, SDE drifts)
+//!   and the data-set mixture, the exact optimum of flow and score matching on a data set.
 //! - [`elbo`]: the SDE ELBO, term by term per data point, for any [`GenerativeSde`] and any
 //!   [`VariationalProcess`].
 //! - [`flow`]: a non-linear variational flow, the sinh–arcsinh transform of a Gaussian process
@@ -48,6 +50,7 @@ pub mod engine;
 pub mod error;
 pub mod flow;
 pub mod flow_matching;
+pub mod mixture;
 pub mod mlp;
 pub mod neural_sde;
 pub mod optim;

@@ -89,10 +89,14 @@ pub trait FlowMarginal {
     /// The score `∇ₓ log q_t` at `x = φ(ε, t)`.
     fn score_at_eps(&self, eps: &Tensor) -> Result<Tensor>;
 
-    /// `log q_t(x | y) = log N(ε; 0, 1) − log ∂φ/∂ε` at `ε = φ⁻¹(x)`.
+    /// `log q_t(x | y) = log N(ε; 0, 1) − log ∂φ/∂ε` at `x = φ(ε)`.
+    fn log_density_at_eps(&self, eps: &Tensor) -> Result<Tensor> {
+        Ok((eps.sqr()?.affine(-0.5, -0.5 * LN_2PI)? - self.log_det(eps)?)?)
+    }
+
+    /// `log q_t(x | y)`.
     fn log_density(&self, x: &Tensor) -> Result<Tensor> {
-        let eps = self.eps_of(x)?;
-        Ok((eps.sqr()?.affine(-0.5, -0.5 * LN_2PI)? - self.log_det(&eps)?)?)
+        self.log_density_at_eps(&self.eps_of(x)?)
     }
 
     /// The ODE drift at `x`: `∂φ/∂t` at `φ⁻¹(x)`.
