@@ -28,6 +28,9 @@
 //!   [`VariationalProcess`].
 //! - [`flow`]: a non-linear variational flow, the sinh–arcsinh transform of a Gaussian process
 //!   with learned, time-dependent skew and tail weight ([`flow::SinhArcsinh`]).
+//! - [`likelihood`]: likelihoods `p(y | x_1)` behind one trait, [`Likelihood`] — the
+//!   Gaussian (closed-form reconstruction term) and the discretised Gaussian for ordinal data
+//!   (tail-stable `log(Φ(b) − Φ(a))` as a custom op, Gauss–Hermite reconstruction term).
 //! - [`neural_sde`]: [`NeuralSde`], a drift and a softplus diffusion network, usable by the
 //!   losses, the solvers and the Fokker–Planck solver.
 //! - [`vdm`]: the variational diffusion model as a parameterisation of the SDE ELBO — the
@@ -50,6 +53,7 @@ pub mod engine;
 pub mod error;
 pub mod flow;
 pub mod flow_matching;
+pub mod likelihood;
 pub mod mixture;
 pub mod mlp;
 pub mod neural_sde;
@@ -62,6 +66,7 @@ pub mod vdm;
 pub use cnf::NeuralOde;
 pub use elbo::{sde_elbo, ElboTerms, GenerativeSde};
 pub use error::{Error, Result};
+pub use likelihood::{DiscretisedGaussian, GaussianLikelihood, Likelihood};
 pub use mlp::{
     divergence_exact, divergence_hutchinson, softplus, with_time, Activation, Mlp, MlpConfig, Time,
 };

@@ -157,7 +157,7 @@ pub trait FlowMarginal {
         rule: &Rule,
     ) -> Result<Tensor> {
         expect_over_eps(self.like(), rule, |eps| {
-            gaussian_log_likelihood(y, &self.sample(eps)?, delta)
+            crate::likelihood::gaussian_log_prob(y, &self.sample(eps)?, delta)
         })
     }
 
@@ -185,14 +185,6 @@ pub fn expect_over_eps(
     acc.ok_or_else(|| Error::invalid("rule", "no nodes", "a quadrature rule needs a node"))
 }
 
-/// `log N(y; x, δ²) = −½ [(y − x)²/δ² + log(2π δ²)]` per row, `delta` `(B, 1)` or `(1, 1)`.
-pub fn gaussian_log_likelihood(y: &Tensor, x: &Tensor, delta: &Tensor) -> Result<Tensor> {
-    let d2 = delta.sqr()?;
-    let quad = (y - x)?.sqr()?.broadcast_div(&d2)?;
-    let log_norm = d2.log()?.affine(1.0, LN_2PI)?;
-    Ok(quad.broadcast_add(&log_norm)?.affine(-0.5, 0.0)?)
-}
-
 impl GaussianMarginal {
     fn derivatives(&self) -> Result<(&Tensor, &Tensor)> {
         match (&self.dalpha_dt, &self.dbeta_dt) {
@@ -213,11 +205,11 @@ impl GaussianMarginal {
     }
 
     /// `E_{x ~ N(α, β²)}[log N(y; x, δ²)] = −½ [((y − α)² + β²)/δ² + log(2π δ²)]` per row in
-    /// closed form, for `delta` `(B, 1)` or `(1, 1)` (broadcast).
+    /// closed form, for `delta` `(B, 1)` or `(1, 1)` (broadcast): the formula of
+    /// [`GaussianLikelihood`](crate::likelihood::GaussianLikelihood)'s
+    /// `expected_log_prob`, without its value checks (the training loops check the loss).
     pub fn expected_gaussian_log_likelihood(&self, y: &Tensor, delta: &Tensor) -> Result<Tensor> {
-        // log N(y; α, δ²) − ½ β²/δ².
-        let spread = self.beta.sqr()?.broadcast_div(&delta.sqr()?)?;
-        Ok((gaussian_log_likelihood(y, &self.alpha, delta)? - spread.affine(0.5, 0.0)?)?)
+        crate::likelihood::gaussian_expected_log_prob(y, &self.alpha, &self.beta, delta)
     }
 }
 
