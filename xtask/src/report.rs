@@ -27,7 +27,7 @@ pub struct Report {
     pub epochs_scale: f64,
     /// The data set.
     pub data: DataReport,
-    /// One entry per model run, keyed `ode`, `sde`, `vdm`, `fm`, `sm`, `fm_elbo`.
+    /// One entry per model run, keyed `ode`, `sde`, `vdm`, `fm`, `sm`, `fm_elbo`, `sde_flow`.
     pub models: BTreeMap<String, ModelReport>,
     /// Wall time of the whole command (all seeds, evaluation and figures), seconds.
     pub total_seconds: f64,
@@ -240,7 +240,7 @@ pub fn reference(model: &str) -> Option<Reference> {
 pub const REFERENCE_TOTAL_SECONDS: f64 = 384.0;
 
 /// The order models appear in: the paper's four, then the extras.
-const ORDER: [&str; 6] = ["ode", "sde", "vdm", "fm", "sm", "fm_elbo"];
+const ORDER: [&str; 7] = ["ode", "sde", "vdm", "fm", "sm", "fm_elbo", "sde_flow"];
 
 impl Report {
     /// The models in display order.

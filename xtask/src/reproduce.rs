@@ -19,7 +19,7 @@ use sde_experiments::{
 use sde_solvers::OdeMethod;
 use sde_variational::elbo::GenerativeSde;
 use sde_variational::score_matching::ScoreFlow;
-use sde_variational::{GaussianProcess, Time};
+use sde_variational::{GaussianProcess, Time, VariationalProcess};
 
 use crate::plot::{self, Curve, Figure};
 use crate::report::{
@@ -63,8 +63,9 @@ pub struct Args {
     #[arg(long)]
     resume: bool,
     /// Run only these models (comma-separated): ode, sde, vdm, fm (the paper's four, the
-    /// default), sm (score matching) and fm-elbo (flow matching with learned β₀, β₁ on the
-    /// σ-weighted ELBO), both not in the paper.
+    /// default), sm (score matching), fm-elbo (flow matching with learned β₀, β₁ on the
+    /// σ-weighted ELBO) and sde-flow (the SDE model with a sinh–arcsinh variational flow),
+    /// the last three not in the paper.
     #[arg(long, value_delimiter = ',', default_value = "ode,sde,vdm,fm")]
     only: Vec<Model>,
 }
@@ -105,6 +106,9 @@ pub enum Model {
     Sm,
     /// Flow matching with learned β₀, β₁ on the σ-weighted FM ELBO (not in the paper).
     FmElbo,
+    /// The SDE experiment with a sinh–arcsinh variational flow (paper §6, not an experiment of
+    /// the paper).
+    SdeFlow,
 }
 
 impl Model {
@@ -117,6 +121,7 @@ impl Model {
             Self::Fm => "fm",
             Self::Sm => "sm",
             Self::FmElbo => "fm_elbo",
+            Self::SdeFlow => "sde_flow",
         }
     }
 }
@@ -246,6 +251,7 @@ pub fn run(args: Args) -> Result<()> {
         Model::Fm,
         Model::Sm,
         Model::FmElbo,
+        Model::SdeFlow,
     ] {
         if args.only.contains(&m) {
             order.push(m);
@@ -268,11 +274,12 @@ pub fn run(args: Args) -> Result<()> {
             };
             let run = match model {
                 Model::Ode => run_ode(&ctx),
-                Model::Sde => run_sde(&ctx),
+                Model::Sde => run_sde(&ctx, sde::Family::Gaussian),
                 Model::Vdm => run_vdm(&ctx),
                 Model::Fm => run_fm(&ctx, false),
                 Model::Sm => run_sm(&ctx),
                 Model::FmElbo => run_fm(&ctx, true),
+                Model::SdeFlow => run_sde(&ctx, sde::Family::SinhArcsinh),
             };
             // Name the model in every error (a non-finite loss names epoch, batch and term);
             // its last checkpoint stays, and `--resume` continues from it.
@@ -579,7 +586,7 @@ fn elbo_over_t_figure(
     ctx: &Ctx,
     prefix: &str,
     label: &str,
-    process: &impl GaussianProcess,
+    process: &impl VariationalProcess,
     model: &impl GenerativeSde,
     dtype: candle_core::DType,
 ) -> Result<String> {
@@ -607,16 +614,31 @@ fn elbo_over_t_figure(
 }
 
 /// The SDE experiment (docs/REFERENCE.md §2): trains, evaluates the validation ELBO with many
-/// draws, samples, draws its figures.
-fn run_sde(ctx: &Ctx) -> Result<Run> {
-    let mut config = sde::SdeConfig::reference();
-    ctx.configure("sde", &mut config.train, &mut config.init_seed, (100, 50));
+/// draws, samples, draws its figures; with `family` sinh–arcsinh, its flow variant.
+fn run_sde(ctx: &Ctx, family: sde::Family) -> Result<Run> {
+    let (mut config, key, label, title, what) = match family {
+        sde::Family::Gaussian => (
+            sde::SdeConfig::reference(),
+            "sde",
+            "SDE",
+            "SDE (learned Gaussian variational process)",
+            "Gaussian variational process",
+        ),
+        sde::Family::SinhArcsinh => (
+            sde::SdeConfig::sinh_arcsinh(),
+            "sde_flow",
+            "SDE-flow",
+            "SDE-flow (learned sinh–arcsinh variational flow)",
+            "sinh–arcsinh variational flow on the Gaussian process",
+        ),
+    };
+    ctx.configure(key, &mut config.train, &mut config.init_seed, (100, 50));
     if ctx.args.quick {
         config.eval_draws = 4;
         config.n_samples = 2000;
     }
     println!(
-        "SDE (learned drift, diffusion and Gaussian variational process; SDE ELBO): {} epochs, lr {}, {:?}",
+        "{label} (learned drift, diffusion and {what}; SDE ELBO): {} epochs, lr {}, {:?}",
         config.train.epochs, config.train.adam.lr, config.train.adam.weight_decay
     );
     let outcome = with_progress(config.train.epochs, "ELBO", -1.0, |on_epoch| {
@@ -624,14 +646,15 @@ fn run_sde(ctx: &Ctx) -> Result<Run> {
     })?;
     let ev = outcome.eval;
     println!(
-        "SDE: validation ELBO {:.4} ± {:.4} ({} draws per point; reconstruction {:.3}, KL {:.3}, diffusion {:.3}); sample's true log-likelihood {:.4}; KS {:.4}; training {:.1} s ({:.1} s validating), evaluation and sampling {:.1} s",
+        "{label}: validation ELBO {:.4} ± {:.4} ({} draws per point; reconstruction {:.3}, KL {:.3}, diffusion {:.3}); sample's true log-likelihood {:.4}; KS {:.4}; training {:.1} s ({:.1} s validating), evaluation and sampling {:.1} s",
         ev.elbo, ev.se, ev.draws, ev.reconstruction, ev.prior_kl, ev.diffusion, ctx.val_true(), outcome.ks,
         outcome.history.seconds, outcome.history.validation_seconds, outcome.eval_seconds
     );
     let process = outcome.model.process.detached()?;
+    let variational = outcome.model.variational_detached()?;
     let sde_model = outcome.model.sde.detached()?;
     let mut rep = elbo_report(
-        "SDE (learned Gaussian variational process)",
+        title,
         &ev,
         &outcome.history,
         config.train.epochs,
@@ -648,41 +671,41 @@ fn run_sde(ctx: &Ctx) -> Result<Run> {
         rep.figures = vec![
             density_png(
                 ctx,
-                "sde_density.png",
-                "SDE: density of generated samples",
+                &format!("{key}_density.png"),
+                &format!("{label}: density of generated samples"),
                 format!(
-                    "{} SDE samples (KDE, h = {KDE_BANDWIDTH})",
+                    "{} {label} samples (KDE, h = {KDE_BANDWIDTH})",
                     outcome.samples.len()
                 ),
                 kde_curve(&outcome.samples),
             )?,
             paths_png(
                 ctx.out,
-                "sde_paths.png",
-                "SDE: sample paths (Euler–Maruyama), prior to data",
+                &format!("{key}_paths.png"),
+                &format!("{label}: sample paths (Euler–Maruyama), prior to data"),
                 &paths,
             )?,
         ];
         rep.figures.extend(process_figures(
             ctx,
-            "sde",
-            "SDE",
+            key,
+            label,
             &process,
             config.dtype,
             |x, t| Ok(sde_model.fields(x, Time::Scalar(t))?.1),
         )?);
         rep.figures.push(elbo_over_t_figure(
             ctx,
-            "sde",
-            "SDE",
-            &process,
+            key,
+            label,
+            &variational,
             &sde_model,
             config.dtype,
         )?);
         rep.figures.push(training_png(
             ctx.out,
-            "sde_training.png",
-            "SDE: training curve",
+            &format!("{key}_training.png"),
+            &format!("{label}: training curve"),
             "ELBO",
             &outcome.history.curve,
             ("train (one draw per point)", |e: &Evaluation| -e.train_loss),

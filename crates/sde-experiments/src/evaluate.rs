@@ -6,7 +6,7 @@ use sde_core::{Diffusion, Drift};
 use sde_solvers::{SdeMethod, TimeGrid};
 
 use sde_variational::elbo::{diffusion_term, GenerativeSde};
-use sde_variational::GaussianProcess;
+use sde_variational::VariationalProcess;
 
 use crate::error::{Error, Result};
 use crate::train::TrainRng;
@@ -18,7 +18,7 @@ use crate::train::TrainRng;
 ///
 /// # Errors
 /// `draws` zero, a time outside `[0, 1]`; errors of the model or the process.
-pub fn diffusion_profile<P: GaussianProcess, G: GenerativeSde>(
+pub fn diffusion_profile<P: VariationalProcess, G: GenerativeSde>(
     process: &P,
     model: &G,
     data: &Tensor,

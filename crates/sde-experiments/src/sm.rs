@@ -14,7 +14,7 @@ use sde_variational::{Activation, Mlp, MlpConfig, Time, VariationalProcess};
 use crate::data::Dataset;
 use crate::error::Result;
 use crate::evaluate::{ks_distance, last_to_host, mean_se_over_points, sample_sde};
-use crate::sde::{draw_t_eps, evaluate_gaussian_elbo, ElboEstimate};
+use crate::sde::{draw_t_eps, evaluate_process_elbo, ElboEstimate};
 use crate::train::{
     column, train, BatchLoss, Evaluation, Objective, TrainConfig, TrainHistory, TrainRng,
     Validation,
@@ -138,7 +138,7 @@ pub fn evaluate_elbo(
     rng: &mut TrainRng,
 ) -> Result<ElboEstimate> {
     let sde = model.sde.detached()?;
-    evaluate_gaussian_elbo(sde.schedule(), &sde, &delta(&sde)?, data, draws, rng)
+    evaluate_process_elbo(sde.schedule(), &sde, &delta(&sde)?, data, draws, rng)
 }
 
 /// The loss `−mean ELBO` with the drift-matching term as the DSM loss at one `(t, ε)` per

@@ -12,7 +12,7 @@ use sde_variational::{Activation, Mlp, MlpConfig, Time, VariationalProcess};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::evaluate::{ks_distance, last_to_host, sample_sde, to_host};
-use crate::sde::{draw_t_eps, evaluate_gaussian_elbo, ElboEstimate};
+use crate::sde::{draw_t_eps, evaluate_process_elbo, ElboEstimate};
 use crate::train::{
     column, train, BatchLoss, Evaluation, Objective, TrainConfig, TrainHistory, TrainRng,
     Validation,
@@ -162,7 +162,7 @@ pub fn evaluate_elbo(
 ) -> Result<ElboEstimate> {
     let sde = model.sde.detached()?;
     let delta = model.delta()?.detach();
-    evaluate_gaussian_elbo(sde.schedule(), &sde, &delta, data, draws, rng)
+    evaluate_process_elbo(sde.schedule(), &sde, &delta, data, draws, rng)
 }
 
 /// The loss `−mean ELBO_VDM` (closed-form reconstruction and prior, drift matching in its

@@ -20,6 +20,7 @@ use std::sync::OnceLock;
 
 use sde_core::quadrature::{gauss_hermite, Rule};
 
+use crate::likelihood::Likelihood;
 use crate::process::{DiffusionAt, FlowMarginal, VariationalProcess};
 
 /// A generative SDE `dx = f(x, t) dt + σ(x, t) dW` as the losses see it: drift and diffusion
@@ -76,18 +77,19 @@ pub fn diffusion_term<P: VariationalProcess, G: GenerativeSde>(
 }
 
 /// The SDE ELBO's terms for data `y` `(B, 1)` with the diffusion term at the rows' `t`, `eps`
-/// `(B, 1)`, and the Gaussian likelihood `N(y; x_1, δ²)` of width `delta` (`(B, 1)` or `(1, 1)`).
+/// `(B, 1)`, and the likelihood `p(y | x_1)` (for the paper's Gaussian `N(y; x_1, δ²)`, a
+/// [`GaussianLikelihood`](crate::likelihood::GaussianLikelihood)).
 ///
 /// # Errors
-/// `y` not `(B, 1)`, `t` or `eps` not shaped like it, `delta` neither `(B, 1)` nor `(1, 1)`;
-/// errors of the model or the process.
+/// `y` not `(B, 1)`, `t` or `eps` not shaped like it; errors of the likelihood (a width of
+/// another shape, say), the model or the process.
 pub fn sde_elbo<P: VariationalProcess, G: GenerativeSde>(
     process: &P,
     model: &G,
     y: &Tensor,
     t: &Tensor,
     eps: &Tensor,
-    delta: &Tensor,
+    likelihood: &dyn Likelihood,
 ) -> Result<ElboTerms> {
     let batch = match *y.dims() {
         [batch, 1] => batch,
@@ -99,13 +101,6 @@ pub fn sde_elbo<P: VariationalProcess, G: GenerativeSde>(
             ))
         }
     };
-    if delta.dims() != [batch, 1] && delta.dims() != [1, 1] {
-        return Err(Error::invalid(
-            "delta",
-            format!("shape {:?} for a batch of {batch}", delta.dims()),
-            "must be (batch, 1) or (1, 1)",
-        ));
-    }
     for (name, v) in [("t", t), ("eps", eps)] {
         if v.dims() != [batch, 1] {
             return Err(Error::invalid(
@@ -119,7 +114,7 @@ pub fn sde_elbo<P: VariationalProcess, G: GenerativeSde>(
     let q0 = process.marginal(y, Time::Scalar(0.0), false)?;
     let rule = elbo_rule()?;
     Ok(ElboTerms {
-        reconstruction: q1.expected_gaussian_log_likelihood(y, delta, rule)?,
+        reconstruction: q1.expected_log_likelihood(y, likelihood, rule)?,
         prior_kl: FlowMarginal::kl_to_standard_normal(&q0, rule)?,
         diffusion: diffusion_term(process, model, y, t, eps)?,
     })

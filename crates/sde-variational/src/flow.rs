@@ -184,6 +184,13 @@ impl<P: GaussianProcess> SinhArcsinh<P> {
     }
 }
 
+impl SinhArcsinh<crate::process::NetworkGaussian> {
+    /// A copy that builds no gradient graph (detached parameters), for evaluation.
+    pub fn detached(&self) -> Result<Self> {
+        Self::new(self.base.detached()?, self.shape.detached()?)
+    }
+}
+
 impl<P: GaussianProcess> VariationalProcess for SinhArcsinh<P> {
     type Marginal = SinhArcsinhMarginal;
 

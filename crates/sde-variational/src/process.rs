@@ -27,6 +27,7 @@ use candle_core::{DType, Tensor, Var};
 
 use crate::engine::value_and_tangents;
 use crate::error::{Error, Result};
+use crate::likelihood::Likelihood;
 use crate::mlp::{Mlp, Time};
 use sde_core::quadrature::Rule;
 
@@ -148,16 +149,17 @@ pub trait FlowMarginal {
         })
     }
 
-    /// `E_{x ~ q_t}[log N(y; x, δ²)]` per row by the rule `rule` over `ε`, for `delta` `(B, 1)`
-    /// or `(1, 1)`. Closed forms override it.
-    fn expected_gaussian_log_likelihood(
+    /// `E_{x ~ q_t}[log p(y | x)]` per row for the likelihood `likelihood`: the SDE ELBO's
+    /// reconstruction term, by the rule `rule` over `ε`. Gaussian marginals override it with
+    /// the likelihood's own expectation under a Gaussian (closed form where one exists).
+    fn expected_log_likelihood(
         &self,
         y: &Tensor,
-        delta: &Tensor,
+        likelihood: &dyn Likelihood,
         rule: &Rule,
     ) -> Result<Tensor> {
         expect_over_eps(self.like(), rule, |eps| {
-            crate::likelihood::gaussian_log_prob(y, &self.sample(eps)?, delta)
+            likelihood.log_prob(y, &self.sample(eps)?)
         })
     }
 
@@ -247,13 +249,13 @@ impl FlowMarginal for GaussianMarginal {
         GaussianMarginal::kl_to_standard_normal(self)
     }
 
-    fn expected_gaussian_log_likelihood(
+    fn expected_log_likelihood(
         &self,
         y: &Tensor,
-        delta: &Tensor,
+        likelihood: &dyn Likelihood,
         _rule: &Rule,
     ) -> Result<Tensor> {
-        GaussianMarginal::expected_gaussian_log_likelihood(self, y, delta)
+        likelihood.expected_log_prob(y, &self.alpha, &self.beta)
     }
 
     fn like(&self) -> &Tensor {

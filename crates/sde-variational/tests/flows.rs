@@ -12,8 +12,8 @@ use rand::SeedableRng;
 use sde_solvers::{OdeMethod, TimeGrid};
 use sde_variational::flow::{asinh, SinhArcsinh, SinhArcsinhMarginal};
 use sde_variational::{
-    Activation, DiffusionAt, FlowMarginal, NetworkGaussian, Result, Time, VariationalField,
-    VariationalProcess,
+    Activation, DiffusionAt, FlowMarginal, GaussianLikelihood, NetworkGaussian, Result, Time,
+    VariationalField, VariationalProcess,
 };
 
 /// A random sinh–arcsinh process on a random Gaussian process (2-16-16 networks, f64).
@@ -65,7 +65,7 @@ fn without_shape_the_sinh_arcsinh_flow_is_the_gaussian() -> Result<()> {
         // quadratic in ε: the 16-node rule is exact up to rounding).
         (f.kl_to_standard_normal(&rule)?, g.kl_to_standard_normal()?),
         (
-            f.expected_gaussian_log_likelihood(&y_obs, &delta, &rule)?,
+            f.expected_log_likelihood(&y_obs, &GaussianLikelihood::new(delta.clone())?, &rule)?,
             g.expected_gaussian_log_likelihood(&y_obs, &delta)?,
         ),
     ];

@@ -15,8 +15,8 @@ use rand::SeedableRng;
 use sde_core::fokker_planck::FokkerPlanck1d;
 use sde_variational::elbo::diffusion_term;
 use sde_variational::{
-    sde_elbo, Activation, DiffusionAt, FlowMarginal, GaussianMarginal, GenerativeSde, Mlp,
-    NetworkGaussian, NeuralSde, Result, Time, VariationalProcess,
+    sde_elbo, Activation, DiffusionAt, FlowMarginal, GaussianLikelihood, GaussianMarginal,
+    GenerativeSde, Mlp, NetworkGaussian, NeuralSde, Result, Time, VariationalProcess,
 };
 
 const LN_2PI: f64 = 1.837_877_066_409_345_3;
@@ -73,7 +73,7 @@ fn elbo_by_quadrature<P: VariationalProcess, G: GenerativeSde>(
         &filled(y, n)?,
         &column(ts)?,
         &column(es)?,
-        &Tensor::full(delta, (1, 1), &Device::Cpu)?,
+        &GaussianLikelihood::new(Tensor::full(delta, (1, 1), &Device::Cpu)?)?,
     )?;
     let rows = values(&terms.elbo()?)?;
     Ok(rows.iter().zip(ws).map(|(v, w)| v * w).sum::<f64>() / ws.iter().sum::<f64>())
@@ -651,13 +651,16 @@ fn bad_inputs_are_rejected() -> Result<()> {
     let process = NetworkGaussian::new(good_a()?, good_b()?, lb)?;
     let model = NeuralSde::new(drift, sigma)?;
     let y = filled(0.5, 4)?;
-    let delta = Tensor::full(0.3, (1, 1), &Device::Cpu)?;
+    let delta = GaussianLikelihood::new(Tensor::full(0.3, (1, 1), &Device::Cpu)?)?;
     let ok = filled(0.5, 4)?;
     let short = filled(0.5, 3)?;
     let flat = Tensor::full(0.5, 4, &Device::Cpu)?;
     assert_names(sde_elbo(&process, &model, &y, &short, &ok, &delta), "t");
     assert_names(sde_elbo(&process, &model, &y, &flat, &ok, &delta), "t");
     assert_names(sde_elbo(&process, &model, &y, &ok, &short, &delta), "eps");
+    // A likelihood width for another batch is named.
+    let wide = GaussianLikelihood::new(Tensor::full(0.3, (3, 1), &Device::Cpu)?)?;
+    assert_names(sde_elbo(&process, &model, &y, &ok, &ok, &wide), "delta");
     // And the well-formed call works.
     let terms = sde_elbo(&process, &model, &y, &ok, &ok, &delta)?;
     assert_eq!(terms.elbo()?.dims(), [4, 1]);
