@@ -223,19 +223,25 @@ fn responsibilities_velocity_and_score_match_the_closed_form_mixture() -> Result
     Ok(())
 }
 
-#[test]
-fn the_data_mixture_is_the_closed_form_mixture_path() -> Result<()> {
-    // Flow matching's interpolant with β₀ = 1, β₁ = 0.3 over three data: the mixture of the
-    // linear Gaussian paths N(0, 1) → N(y_n, 0.3²), whose velocity and score sde-core gives.
+/// Flow matching's interpolant with β₀ = 1, β₁ = 0.3, three data, and their mixture of linear
+/// Gaussian paths `N(0, 1) → N(y_n, 0.3²)` in closed form.
+fn three_data() -> Result<(Interpolant, [f64; 3], MixturePath)> {
     let ys = [-2.0, 0.5, 3.0];
-    let interpolant = Interpolant::new(1.0, 0.3)?;
-    let mix = DataMixture::new(&interpolant, column(&ys)?)?;
     let path = MixturePath::new(
         vec![1.0 / 3.0; 3],
         ys.iter()
             .map(|&y| LinearGaussianPath::new(0.0, 1.0, y, 0.3))
             .collect::<sde_core::Result<Vec<_>>>()?,
     )?;
+    Ok((Interpolant::new(1.0, 0.3)?, ys, path))
+}
+
+#[test]
+fn the_data_mixture_is_the_closed_form_mixture_path() -> Result<()> {
+    // Flow matching's interpolant with β₀ = 1, β₁ = 0.3 over three data: the mixture of the
+    // linear Gaussian paths N(0, 1) → N(y_n, 0.3²), whose velocity and score sde-core gives.
+    let (interpolant, ys, path) = three_data()?;
+    let mix = DataMixture::new(&interpolant, column(&ys)?)?;
     let xs = [-3.0, -0.5, 0.2, 1.0, 2.7];
     for t in [0.05, 0.5, 0.95] {
         let m = mix.at(&column(&xs)?, t)?;
@@ -263,15 +269,8 @@ fn the_data_mixtures_velocity_transports_its_marginals_as_a_solver_field() -> Re
     // Samples of the mixture at t = 0.05 moved by RK4 on the data mixture's velocity land on
     // the mixture at t = 0.95: KS distance to the closed form below the 1 % critical value
     // 1.63/√n plus 0.005 for the integration (measured: 0.0125).
-    let ys = [-2.0, 0.5, 3.0];
-    let interpolant = Interpolant::new(1.0, 0.3)?;
+    let (interpolant, ys, path) = three_data()?;
     let mix = DataMixture::new(&interpolant, column(&ys)?)?;
-    let path = MixturePath::new(
-        vec![1.0 / 3.0; 3],
-        ys.iter()
-            .map(|&y| LinearGaussianPath::new(0.0, 1.0, y, 0.3))
-            .collect::<sde_core::Result<Vec<_>>>()?,
-    )?;
     let n = 3000;
     let mut rng = StdRng::seed_from_u64(8);
     let x0 = column(&path.marginal(0.05).sample(&mut rng, n))?;
