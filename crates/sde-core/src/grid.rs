@@ -1,7 +1,8 @@
 //! Densities and coefficients on the grid of a [`FokkerPlanck1d`]: what turns the solver's cell
 //! averages into the quantities of the bound chain (`docs/MATH.md` §4).
 //!
-//! - [`GridDensity`]: a density known by its cell averages `p_i`, as a function of `x`: the
+//! - [`GridDensity`]: a density known by its cell averages `p_i`, as a function of `x`: point
+//!   values at the centres recovered from the averages (`p̄_i − Δ²p̄_i/24`), the
 //!   log-density interpolated linearly between cell centres (exact for exponential tails,
 //!   second order elsewhere), the score `∂_x log p` from the differences of neighbouring
 //!   `log p_i` (each exact at its face midpoint for a log-quadratic density, second order in
@@ -69,7 +70,21 @@ impl GridDensity {
             return Err(Error::invalid("p", top, "the density is zero everywhere"));
         }
         let dx = grid.dx();
-        let log_p: Vec<f64> = p.iter().map(|v| v.max(DENSITY_FLOOR).ln()).collect();
+        // Point values from cell averages: p̄_i = p(x_i) + p''(x_i) Δx²/24 + O(Δx⁴), so
+        // p(x_i) ≈ p̄_i − (p̄_{i+1} − 2p̄_i + p̄_{i−1})/24 (fourth order where p is smooth; kept
+        // within [p̄_i/2, 2p̄_i] where it is not, and left alone in the two end cells).
+        let n = p.len();
+        let log_p: Vec<f64> = (0..n)
+            .map(|i| {
+                let v = if i == 0 || i == n - 1 {
+                    p[i]
+                } else {
+                    let c = p[i] - (p[i + 1] - 2.0 * p[i] + p[i - 1]) / 24.0;
+                    c.clamp(0.5 * p[i], 2.0 * p[i])
+                };
+                v.max(DENSITY_FLOOR).ln()
+            })
+            .collect();
         let face_score = log_p.windows(2).map(|w| (w[1] - w[0]) / dx).collect();
         Ok(Self {
             x_first: grid.centres()[0],

@@ -22,6 +22,8 @@
 //!   `f_q,ode`, the score and the forward and reverse-time drifts are written — and the SDE
 //!   experiment's network parameterisation [`NetworkGaussian`].
 //! - [`elbo`]: the SDE ELBO, term by term per data point, for any [`GenerativeSde`].
+//! - [`exact`]: the whole bound chain `ELBO_SDE ≤ ELBO_ODE ≤ log p(y)` of a 1-D model, from
+//!   its Fokker–Planck marginals on a grid; the Liouville density of a flow.
 //! - [`neural_sde`]: [`NeuralSde`], a drift and a softplus diffusion network, usable by the
 //!   losses, the solvers and the Fokker–Planck solver.
 //! - [`vdm`]: the variational diffusion model as a parameterisation of the SDE ELBO — the
@@ -42,6 +44,7 @@ pub mod cnf;
 pub mod elbo;
 pub mod engine;
 pub mod error;
+pub mod exact;
 pub mod flow_matching;
 pub mod mlp;
 pub mod neural_sde;
