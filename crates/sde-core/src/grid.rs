@@ -66,7 +66,7 @@ impl GridDensity {
                 "cell averages must be finite and non-negative",
             ));
         }
-        if !(top > 0.0) {
+        if top <= 0.0 {
             return Err(Error::invalid("p", top, "the density is zero everywhere"));
         }
         let dx = grid.dx();

@@ -478,6 +478,8 @@ pub struct ChainResult {
     /// resolutions. The residual terms make it conservative where grid convergence is not
     /// monotone (tests: it bounds the true error on the linear-Gaussian model).
     pub errors: Vec<ChainPoint>,
+    /// Per point, at half resolution.
+    pub coarse: Vec<ChainPoint>,
     /// The averages.
     pub summary: ChainSummary,
     /// The model's marginals at full resolution.
@@ -584,6 +586,7 @@ pub fn bound_chain_with_errors<P: GaussianProcess, G: GenerativeSde>(
     Ok(ChainResult {
         points,
         errors,
+        coarse,
         summary,
         marginals,
     })
