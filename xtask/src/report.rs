@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use sde_experiments::exact::{ExactReport, FlowCheck};
 use sde_experiments::Evaluation;
 use serde::Serialize;
 
@@ -140,6 +141,39 @@ impl SeedSpread {
     }
 }
 
+/// The spread of the exact chain's figures over seeds (`--seeds K`, K > 1).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExactSpread {
+    /// `log p(y)`, mean over points, per seed.
+    pub log_likelihood: SeedSpread,
+    /// `ELBO_ODE`.
+    pub elbo_ode: SeedSpread,
+    /// `∫R dt`.
+    pub reverse_discrepancy: SeedSpread,
+}
+
+impl ExactSpread {
+    /// The spread of the chains of `reports` (one per seed), if every one has a chain.
+    pub fn of(reports: &[&ModelReport]) -> Option<Self> {
+        let chains: Vec<&ExactReport> = reports
+            .iter()
+            .map(|r| r.exact.as_ref())
+            .collect::<Option<_>>()?;
+        if chains.len() < 2 {
+            return None;
+        }
+        let times: Vec<f64> = reports.iter().map(|r| r.train_seconds).collect();
+        let spread = |f: fn(&ExactReport) -> f64| {
+            SeedSpread::new(chains.iter().map(|c| f(c)).collect(), times.clone())
+        };
+        Some(Self {
+            log_likelihood: spread(|c| c.log_likelihood.value),
+            elbo_ode: spread(|c| c.elbo_ode.value),
+            reverse_discrepancy: spread(|c| c.reverse_discrepancy.value),
+        })
+    }
+}
+
 /// One model's results.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelReport {
@@ -188,6 +222,15 @@ pub struct ModelReport {
     /// Spread over seeds, when more than one was run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seeds: Option<SeedSpread>,
+    /// The exact bound chain from the model's Fokker–Planck marginals (SDE, VDM, SM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exact: Option<ExactReport>,
+    /// The chain's spread over seeds, when more than one was run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exact_seeds: Option<ExactSpread>,
+    /// The Liouville cross-check of the CNF likelihood (ODE, FM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flow_check: Option<FlowCheck>,
     /// Figure files (PNG; an SVG of each lies beside it).
     pub figures: Vec<String>,
     /// The training curve's CSV file.
@@ -320,6 +363,7 @@ impl Report {
             s,
             "\nThe gap is the validation figure minus the sample's true log-likelihood: an ELBO is a lower bound of the model's log-likelihood, which itself cannot beat the true density on average. Training times include periodic validation. KS and W1 compare generated samples with the validation set.\n"
         );
+        self.exact_tables(&mut s);
         for (key, m) in self.ordered() {
             let _ = writeln!(s, "## {} (`{key}`)\n", m.title);
             if let Some(t) = &m.terms {
@@ -348,6 +392,109 @@ impl Report {
             let _ = writeln!(s);
         }
         s
+    }
+}
+
+impl Report {
+    /// The exact-likelihood tables of `report.md`: the bound chain of the SDE models and the
+    /// Liouville cross-check of the flows.
+    fn exact_tables(&self, s: &mut String) {
+        let chains: Vec<_> = self
+            .ordered()
+            .filter_map(|(k, m)| m.exact.as_ref().map(|e| (k, m, e)))
+            .collect();
+        if !chains.is_empty() {
+            let _ = writeln!(
+                s,
+                "## Exact likelihoods and the bound chain\n\nFrom each model's own marginals p_t, computed by solving its Fokker–Planck equation on a grid (docs/MATH.md §4): ELBO_SDE ≤ ELBO_ODE ≤ log p(y), with ELBO_ODE − ELBO_SDE = ∫R dt, the reverse discrepancy the SDE ELBO drops. Means over the first n validation points, ± the stated numerical error (the change when the grid, the time table and both quadratures are halved, plus the identity's residuals). `log p₁(y)` is the model's density at y itself; `PF-ODE` the probability-flow likelihood with the learned score (RK4) on the same points, equal to it only if the learned score is the model's own.\n"
+            );
+            let _ = writeln!(
+                s,
+                "| model | n | ELBO_SDE (Monte Carlo) | ELBO_SDE (quadrature) | ∫R dt | ELBO_ODE | log p(y) | log p₁(y) | PF-ODE | max residual | bounds hold | seconds |"
+            );
+            let _ = writeln!(
+                s,
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            );
+            let f = |x: &sde_experiments::exact::ExactFigure| {
+                format!("{:.4} ± {:.1e}", x.value, x.error)
+            };
+            for (key, m, e) in chains {
+                let mc = match (m.val_elbo, m.val_elbo_se) {
+                    (Some(v), Some(se)) => format!("{v:.4} ± {se:.4}"),
+                    _ => "—".into(),
+                };
+                let reverse = match &m.exact_seeds {
+                    Some(sp) => format!(
+                        "{} (seeds: {:.4} ± {:.4})",
+                        f(&e.reverse_discrepancy),
+                        sp.reverse_discrepancy.mean,
+                        sp.reverse_discrepancy.sd
+                    ),
+                    None => f(&e.reverse_discrepancy),
+                };
+                let log_p = match &m.exact_seeds {
+                    Some(sp) => format!(
+                        "{} (seeds: {:.4} ± {:.4})",
+                        f(&e.log_likelihood),
+                        sp.log_likelihood.mean,
+                        sp.log_likelihood.sd
+                    ),
+                    None => f(&e.log_likelihood),
+                };
+                let elbo_ode = match &m.exact_seeds {
+                    Some(sp) => format!(
+                        "{} (seeds: {:.4} ± {:.4})",
+                        f(&e.elbo_ode),
+                        sp.elbo_ode.mean,
+                        sp.elbo_ode.sd
+                    ),
+                    None => f(&e.elbo_ode),
+                };
+                let _ = writeln!(
+                    s,
+                    "| `{key}` | {} | {mc} | {} | {reverse} | {elbo_ode} | {log_p} | {} | {} | {:.1e} | {:.0} % | {:.1} |",
+                    e.n_points,
+                    f(&e.elbo_sde),
+                    f(&e.log_density),
+                    e.pf_ode_log_density.map_or("—".into(), |v| format!("{v:.4}")),
+                    e.max_abs_residual,
+                    100.0 * e.bounds_hold,
+                    e.seconds,
+                );
+            }
+            let _ = writeln!(s);
+        }
+        let flows: Vec<_> = self
+            .ordered()
+            .filter_map(|(k, m)| m.flow_check.as_ref().map(|c| (k, c)))
+            .collect();
+        if !flows.is_empty() {
+            let _ = writeln!(
+                s,
+                "The flows' CNF likelihood (RK4) against the density of their Liouville equation on a grid (mean over the first n validation points, ± the change on halving steps or grid):\n"
+            );
+            let _ = writeln!(
+                s,
+                "| model | n | CNF log p₁(y) | Liouville log p₁(y) | mean \\|difference\\| | max \\|difference\\| | seconds |"
+            );
+            let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
+            for (key, c) in flows {
+                let _ = writeln!(
+                    s,
+                    "| `{key}` | {} | {:.4} ± {:.1e} | {:.4} ± {:.1e} | {:.4} | {:.4} | {:.1} |",
+                    c.n_points,
+                    c.cnf_log_likelihood.value,
+                    c.cnf_log_likelihood.error,
+                    c.liouville_log_likelihood.value,
+                    c.liouville_log_likelihood.error,
+                    c.mean_abs_difference,
+                    c.max_abs_difference,
+                    c.seconds
+                );
+            }
+            let _ = writeln!(s);
+        }
     }
 }
 
@@ -397,4 +544,113 @@ pub fn write_curve_csv(path: &Path, curve: &[Evaluation]) -> Result<()> {
         s.push('\n');
     }
     std::fs::write(path, s).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sde_experiments::exact::{ExactFigure, GridReport};
+
+    fn figure(value: f64) -> ExactFigure {
+        ExactFigure { value, error: 1e-4 }
+    }
+
+    fn model(reverse: f64) -> ModelReport {
+        ModelReport {
+            title: "SDE".into(),
+            headline: Headline::Elbo,
+            val_log_likelihood: None,
+            val_log_likelihood_se: None,
+            val_elbo: Some(-3.2),
+            val_elbo_se: Some(0.01),
+            terms: None,
+            eval_draws: Some(20),
+            schedule: None,
+            epochs: 1,
+            train_seconds: 1.0,
+            validation_seconds: 0.0,
+            eval_seconds: 0.0,
+            figure_seconds: 0.0,
+            samples: SampleQuality {
+                n: 1,
+                ks: 0.1,
+                w1: 0.2,
+            },
+            extra: BTreeMap::new(),
+            reference: None,
+            seeds: None,
+            exact: Some(ExactReport {
+                n_points: 10,
+                log_likelihood: figure(-3.0),
+                elbo_ode: figure(-3.05),
+                reverse_discrepancy: figure(reverse),
+                elbo_sde: figure(-3.05 - reverse),
+                forward_discrepancy: figure(4.0),
+                kl_end: figure(3.0),
+                log_density: figure(-3.01),
+                pf_ode_log_density: None,
+                mean_abs_residual: 1e-5,
+                max_abs_residual: 2e-5,
+                bounds_hold: 1.0,
+                grid: GridReport {
+                    x_min: -16.0,
+                    x_max: 16.0,
+                    n_cells: 800,
+                    n_time_nodes: 32,
+                    n_hermite: 16,
+                    n_table_times: 161,
+                    fp_steps: 1000,
+                },
+                seconds: 1.5,
+            }),
+            exact_seeds: None,
+            flow_check: None,
+            figures: Vec::new(),
+            curve_csv: "sde_curve.csv".into(),
+        }
+    }
+
+    #[test]
+    fn the_exact_chain_gets_its_table_json_keys_and_seed_spread() {
+        let (a, b) = (model(0.1), model(0.3));
+        let spread = ExactSpread::of(&[&a, &b]).unwrap();
+        assert!((spread.reverse_discrepancy.mean - 0.2).abs() < 1e-12);
+        assert!(ExactSpread::of(&[&a]).is_none());
+        let mut a = a;
+        a.exact_seeds = Some(spread);
+        let report = Report {
+            schema: SCHEMA,
+            quick: false,
+            seeds: vec![0, 1],
+            epochs_scale: 1.0,
+            data: DataReport {
+                name: "laplace-mixture".into(),
+                seed: 0,
+                n_train: 1,
+                n_validation: 1,
+                population_log_likelihood: -2.98,
+                train_true_log_likelihood: -2.98,
+                val_true_log_likelihood: -2.98,
+            },
+            models: BTreeMap::from([("sde".to_string(), a)]),
+            total_seconds: 1.0,
+            peak_memory_bytes: None,
+            reference_total_seconds: REFERENCE_TOTAL_SECONDS,
+        };
+        let md = report.to_markdown();
+        assert!(
+            md.contains("## Exact likelihoods and the bound chain"),
+            "{md}"
+        );
+        assert!(md.contains("| `sde` | 10 | -3.2000 ± 0.0100 | -3.1500 ± 1.0e-4 | 0.1000 ± 1.0e-4 (seeds: 0.2000"), "{md}");
+        let json: serde_json::Value = serde_json::to_value(&report).unwrap();
+        let exact = &json["models"]["sde"]["exact"];
+        for key in ["log_likelihood", "elbo_ode", "reverse_discrepancy"] {
+            assert!(
+                exact[key]["value"].is_f64() && exact[key]["error"].is_f64(),
+                "{key}"
+            );
+        }
+        assert!(json["models"]["sde"]["exact_seeds"]["reverse_discrepancy"]["sd"].is_f64());
+    }
 }

@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use sde_experiments::train::TrainConfig;
 use sde_experiments::{
-    evaluate, fm, ode, sde, sm, vdm, Dataset, Distribution, Evaluation, TrainRng,
+    evaluate, exact, fm, ode, sde, sm, vdm, Dataset, Distribution, Evaluation, TrainRng,
 };
 use sde_solvers::OdeMethod;
 use sde_variational::elbo::GenerativeSde;
@@ -59,6 +59,10 @@ pub struct Args {
     /// Validation points (a `--quick` run evaluates on at most 2,000 of them).
     #[arg(long, default_value_t = 8000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     n_val: u64,
+    /// Validation points of the exact evaluation (the bound chain from the SDE models'
+    /// Fokker–Planck marginals, the Liouville check of the flows); 0 skips it.
+    #[arg(long, default_value_t = 1000)]
+    exact_points: u64,
     /// Continue an interrupted run from the checkpoints in the output folder.
     #[arg(long)]
     resume: bool,
@@ -297,12 +301,15 @@ pub fn run(args: Args) -> Result<()> {
                 runs.iter().map(|r| r.report.train_seconds).collect(),
             )
         });
+        let exact_spread =
+            report::ExactSpread::of(&runs.iter().map(|r| &r.report).collect::<Vec<_>>());
         let first = runs.swap_remove(0);
         let mut rep = first.report;
         let csv = format!("{}_curve.csv", model.key());
         report::write_curve_csv(&out.join(&csv), &first.curve)?;
         rep.curve_csv = csv;
         rep.seeds = spread;
+        rep.exact_seeds = exact_spread;
         rep.reference = report::reference(model.key());
         models.insert(model.key().into(), rep);
     }
@@ -411,6 +418,9 @@ fn base_report(
         extra: BTreeMap::new(),
         reference: None,
         seeds: None,
+        exact: None,
+        exact_seeds: None,
+        flow_check: None,
         figures: Vec::new(),
         curve_csv: String::new(),
     }
@@ -496,6 +506,7 @@ fn run_ode(ctx: &Ctx) -> Result<Run> {
         ];
         rep.figure_seconds = t0.elapsed().as_secs_f64();
     }
+    add_flow_check(ctx, &mut rep, "ODE", &model, config.dtype)?;
     Ok(Run {
         report: rep,
         curve: outcome.history.curve,
@@ -756,6 +767,17 @@ fn run_sde(ctx: &Ctx, family: sde::Family) -> Result<Run> {
         )?);
         rep.figure_seconds = t0.elapsed().as_secs_f64();
     }
+    let delta = process.beta1()?;
+    add_exact(ctx, &mut rep, key, label, |c| {
+        exact::sde_chain(
+            &variational,
+            &sde_model,
+            &delta,
+            &ctx.data.validation,
+            c,
+            (config.dtype, &ctx.device),
+        )
+    })?;
     Ok(Run {
         report: rep,
         curve: outcome.history.curve,
@@ -877,6 +899,15 @@ fn run_vdm(ctx: &Ctx) -> Result<Run> {
         )?);
         rep.figure_seconds = t0.elapsed().as_secs_f64();
     }
+    let vdm_model = outcome.model.sde.detached()?;
+    add_exact(ctx, &mut rep, "vdm", "VDM", |c| {
+        exact::vp_chain(
+            &vdm_model,
+            &ctx.data.validation,
+            c,
+            (config.dtype, &ctx.device),
+        )
+    })?;
     Ok(Run {
         report: rep,
         curve: outcome.history.curve,
@@ -982,6 +1013,13 @@ fn run_fm(ctx: &Ctx, learned: bool) -> Result<Run> {
         ];
         rep.figure_seconds = t0.elapsed().as_secs_f64();
     }
+    add_flow_check(
+        ctx,
+        &mut rep,
+        label,
+        &outcome.model.flow()?.detached()?,
+        config.dtype,
+    )?;
     Ok(Run {
         report: rep,
         curve: outcome.history.curve,
@@ -1073,6 +1111,15 @@ fn run_sm(ctx: &Ctx) -> Result<Run> {
         ];
         rep.figure_seconds = t0.elapsed().as_secs_f64();
     }
+    let sm_model = outcome.model.sde.detached()?;
+    add_exact(ctx, &mut rep, "sm", "SM", |c| {
+        exact::vp_chain(
+            &sm_model,
+            &ctx.data.validation,
+            c,
+            (config.dtype, &ctx.device),
+        )
+    })?;
     Ok(Run {
         report: rep,
         curve: outcome.history.curve,
@@ -1223,4 +1270,109 @@ fn peak_memory_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// The exact evaluation's settings for this invocation; `None` with `--exact-points 0`.
+fn exact_config(ctx: &Ctx) -> Option<exact::ExactConfig> {
+    (ctx.args.exact_points > 0).then(|| exact::ExactConfig {
+        n_points: ctx.args.exact_points as usize,
+        n_curve: if ctx.figures { 121 } else { 0 },
+        ..exact::ExactConfig::default()
+    })
+}
+
+/// Runs the exact bound chain (`compute`), prints it, draws the three curves over y (first
+/// seed) and stores it in `rep`.
+fn add_exact(
+    ctx: &Ctx,
+    rep: &mut ModelReport,
+    key: &str,
+    label: &str,
+    compute: impl FnOnce(&exact::ExactConfig) -> sde_experiments::Result<exact::ExactOutcome>,
+) -> Result<()> {
+    let Some(config) = exact_config(ctx) else {
+        return Ok(());
+    };
+    let out = compute(&config).with_context(|| format!("exact evaluation of {label}"))?;
+    let e = &out.report;
+    println!(
+        "{label} exact ({} points, {} cells on [{:.1}, {:.1}]): log p(y) {:.4} ± {:.4}; ELBO_ODE {:.4} ± {:.4}; ∫R {:.4} ± {:.4}; ELBO_SDE (quadrature) {:.4} ± {:.4}; log p₁(y) {:.4}{}; bounds hold at {:.1} % of points; {:.1} s",
+        e.n_points, e.grid.n_cells, e.grid.x_min, e.grid.x_max,
+        e.log_likelihood.value, e.log_likelihood.error, e.elbo_ode.value, e.elbo_ode.error,
+        e.reverse_discrepancy.value, e.reverse_discrepancy.error, e.elbo_sde.value, e.elbo_sde.error,
+        e.log_density.value,
+        e.pf_ode_log_density.map_or(String::new(), |v| format!(" (probability-flow ODE {v:.4})")),
+        100.0 * e.bounds_hold, e.seconds
+    );
+    if ctx.figures && !out.curve.is_empty() {
+        let t0 = Instant::now();
+        let path = ctx.out.join(format!("{key}_bounds.png"));
+        let curve = |f: fn(&sde_variational::exact::ChainPoint) -> f64| -> Vec<(f64, f64)> {
+            out.curve.iter().map(|p| (p.y, f(p))).collect()
+        };
+        // The bulk of the data, and log-densities from a little below the true one's lowest
+        // there (the models' tails fall far below it and would flatten the rest).
+        let shown: Vec<f64> = out
+            .curve
+            .iter()
+            .filter(|p| p.y.abs() <= 14.0)
+            .map(|p| ctx.dist.density(p.y).ln())
+            .collect();
+        let lo = shown.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = shown.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let mut figure = Figure::new(
+            format!("{label}: the bound chain over y (exact, Fokker–Planck)"),
+            "y",
+            "nats",
+        )
+        .with_x_range(-14.0, 14.0);
+        if lo.is_finite() && hi.is_finite() {
+            figure = figure.with_y_range(lo - 4.0, hi + 1.0);
+        }
+        plot::line_figure(
+            &path,
+            &figure,
+            &[
+                Curve::new(
+                    "true log density",
+                    out.curve
+                        .iter()
+                        .map(|p| (p.y, ctx.dist.density(p.y).ln()))
+                        .collect(),
+                    (120, 120, 120),
+                ),
+                Curve::new("log p(y)", curve(|p| p.log_likelihood), (40, 40, 40)),
+                Curve::new("ELBO_ODE", curve(|p| p.elbo_ode), (30, 90, 180)),
+                Curve::new("ELBO_SDE", curve(|p| p.elbo_sde), (200, 40, 40)),
+            ],
+        )?;
+        rep.figures.push(file_name(&path));
+        rep.figure_seconds += t0.elapsed().as_secs_f64();
+    }
+    rep.exact = Some(out.report);
+    Ok(())
+}
+
+/// Compares a flow's CNF likelihood with its Liouville density, prints it and stores it in
+/// `rep`.
+fn add_flow_check(
+    ctx: &Ctx,
+    rep: &mut ModelReport,
+    label: &str,
+    flow: &sde_variational::NeuralOde,
+    dtype: candle_core::DType,
+) -> Result<()> {
+    let Some(config) = exact_config(ctx) else {
+        return Ok(());
+    };
+    let c = exact::flow_check(flow, &ctx.data.validation, &config, (dtype, &ctx.device))
+        .with_context(|| format!("Liouville check of {label}"))?;
+    println!(
+        "{label} Liouville check ({} points, {} cells): CNF log p₁(y) {:.4} ± {:.4}, Liouville {:.4} ± {:.4}; mean |difference| {:.4}, max {:.4}; {:.1} s",
+        c.n_points, c.n_cells, c.cnf_log_likelihood.value, c.cnf_log_likelihood.error,
+        c.liouville_log_likelihood.value, c.liouville_log_likelihood.error,
+        c.mean_abs_difference, c.max_abs_difference, c.seconds
+    );
+    rep.flow_check = Some(c);
+    Ok(())
 }

@@ -15,7 +15,9 @@
 //!   [`ProbabilityFlow`], [`ForwardSde`], [`ReverseTimeSde`] (`docs/MATH.md` §2).
 //! - Gaussian and Gaussian-mixture marginals and paths ([`gaussian`]).
 //! - A mass-conserving 1-D Fokker–Planck solver ([`fokker_planck`]) that evolves a density
-//!   on a grid under any 1-D drift and diffusion.
+//!   on a grid under any 1-D drift and diffusion; [`grid`] turns its cell averages into a
+//!   log-density and score ([`grid::GridDensity`]) and tabulates neural coefficients for it
+//!   ([`grid::TabulatedSde`]).
 //! - Seeded standard-normal draws ([`noise`]).
 //! - Gauss–Hermite and Gauss–Legendre quadrature rules ([`quadrature`]).
 //!
@@ -40,6 +42,7 @@ pub mod error;
 pub mod field;
 pub mod fokker_planck;
 pub mod gaussian;
+pub mod grid;
 pub mod noise;
 pub mod process;
 pub mod quadrature;

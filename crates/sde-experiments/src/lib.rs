@@ -17,6 +17,9 @@
 //! - [`fm`]: the flow-matching experiment with its exact likelihood, `docs/REFERENCE.md` §4.
 //! - [`sm`]: a score-matching run (VDM's network and budget; not in the paper) with its ELBO
 //!   and exact probability-flow likelihood.
+//! - [`exact`]: beyond the paper — the whole bound chain `ELBO_SDE ≤ ELBO_ODE ≤ log p(y)` of
+//!   the trained SDE, VDM and score models from their Fokker–Planck marginals, and the
+//!   Liouville cross-check of the flows' likelihoods (`docs/MATH.md` §4).
 //! - [`evaluate`]: Kolmogorov–Smirnov and Wasserstein-1 distances, kernel density estimates.
 //!
 //! Library code prints nothing: progress reaches the caller through callbacks.
@@ -25,6 +28,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod evaluate;
+pub mod exact;
 pub mod fm;
 pub mod ode;
 pub mod sde;

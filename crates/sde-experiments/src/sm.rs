@@ -125,7 +125,8 @@ pub fn build_model(config: &SmConfig, device: &Device) -> Result<SmModel> {
     })
 }
 
-fn delta(sde: &ScoreSde) -> Result<Tensor> {
+/// The likelihood width `b_1` of the schedule at t = 1, `(1, 1)`.
+pub fn delta(sde: &ScoreSde) -> Result<Tensor> {
     let (_, b, _) = sde.schedule().coefficients(Time::Scalar(1.0))?;
     Ok(b)
 }

@@ -62,6 +62,11 @@ impl NeuralOde {
         Ok(self)
     }
 
+    /// The prior's scale `s` (`p_0 = N(0, s² I)`).
+    pub fn prior_scale(&self) -> f64 {
+        self.prior_scale
+    }
+
     /// `log N(x₀; 0, s² I)` per row of `x0` `(batch, d)`.
     fn log_prior(&self, x0: &Tensor) -> Result<Tensor> {
         let (s, d) = (self.prior_scale, x0.dim(1)? as f64);

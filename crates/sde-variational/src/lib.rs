@@ -31,6 +31,8 @@
 //! - [`likelihood`]: likelihoods `p(y | x_1)` behind one trait, [`Likelihood`] — the
 //!   Gaussian (closed-form reconstruction term) and the discretised Gaussian for ordinal data
 //!   (tail-stable `log(Φ(b) − Φ(a))` as a custom op, Gauss–Hermite reconstruction term).
+//! - [`exact`]: the whole bound chain `ELBO_SDE ≤ ELBO_ODE ≤ log p(y)` of a 1-D model, from
+//!   its Fokker–Planck marginals on a grid; the Liouville density of a flow.
 //! - [`neural_sde`]: [`NeuralSde`], a drift and a softplus diffusion network, usable by the
 //!   losses, the solvers and the Fokker–Planck solver.
 //! - [`vdm`]: the variational diffusion model as a parameterisation of the SDE ELBO — the
@@ -51,6 +53,7 @@ pub mod cnf;
 pub mod elbo;
 pub mod engine;
 pub mod error;
+pub mod exact;
 pub mod flow;
 pub mod flow_matching;
 pub mod likelihood;

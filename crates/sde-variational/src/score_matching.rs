@@ -18,7 +18,7 @@ use crate::engine::value_and_tangents;
 use crate::error::{Error, Result};
 use crate::mlp::{Mlp, Time};
 use crate::process::{DiffusionAt, FlowMarginal, VariationalProcess};
-use crate::vdm::VpSchedule;
+use crate::vdm::{VdmSde, VpSchedule};
 
 /// The score-matching generative SDE on a VP schedule: `f = f_q,bwd + σ² s_θ`,
 /// `s_θ = −M(x, t)/b_t`.
@@ -76,16 +76,74 @@ impl ScoreSde {
         Ok((s, ds))
     }
 
-    /// The reverse drift `f_q,bwd` of the VP process (`½ σ² x`, the same for every data point:
-    /// evaluated through the process at `y = 0`) and the diffusion, at `x` and `t`.
+    /// The reverse drift `f_q,bwd` of the VP process and the diffusion at `x` and `t`
+    /// ([`vp_reverse_and_diffusion`]).
     fn reverse_and_diffusion(&self, x: &Tensor, t: Time<'_>) -> Result<(Tensor, DiffusionAt)> {
-        let (_, _, sigma2) = self.schedule.coefficients(t)?;
-        let d = DiffusionAt {
-            sigma2: sigma2.broadcast_as(x.dims())?.contiguous()?,
-            dsigma2_dx: None,
+        vp_reverse_and_diffusion(&self.schedule, x, t)
+    }
+}
+
+/// The reverse drift `f_q,bwd` of the VP process (`½ σ² x`, the same for every data point:
+/// evaluated through the process at `y = 0`) and the diffusion, at `x` and `t`.
+fn vp_reverse_and_diffusion(
+    schedule: &VpSchedule,
+    x: &Tensor,
+    t: Time<'_>,
+) -> Result<(Tensor, DiffusionAt)> {
+    let (_, _, sigma2) = schedule.coefficients(t)?;
+    let d = DiffusionAt {
+        sigma2: sigma2.broadcast_as(x.dims())?.contiguous()?,
+        dsigma2_dx: None,
+    };
+    let q = schedule.marginal(&x.zeros_like()?, t, true)?;
+    Ok((q.reverse_drift(x, &d)?, d))
+}
+
+/// A generative SDE on a VP schedule whose drift is `f = f_q,bwd + σ² s_θ` for a learned score
+/// `s_θ`: what its probability-flow ODE ([`ScoreFlow`]) needs. [`ScoreSde`] (noise prediction)
+/// and [`VdmSde`] (signal prediction, `s_θ = −(x − a_t ŷ)/b_t²`, because the VDM drift
+/// `f_q(x, ŷ, t) = f_q,bwd + σ² ∇ₓ log q_t(x | ŷ)`) are two parameterisations of it.
+pub trait VpScore {
+    /// The schedule.
+    fn vp_schedule(&self) -> &VpSchedule;
+    /// `s_θ(x, t)` and, with `dx`, `∂s_θ/∂x`.
+    fn learned_score(&self, x: &Tensor, t: Time<'_>, dx: bool) -> Result<(Tensor, Option<Tensor>)>;
+}
+
+impl VpScore for ScoreSde {
+    fn vp_schedule(&self) -> &VpSchedule {
+        &self.schedule
+    }
+
+    fn learned_score(&self, x: &Tensor, t: Time<'_>, dx: bool) -> Result<(Tensor, Option<Tensor>)> {
+        self.score(x, t, dx)
+    }
+}
+
+impl VpScore for VdmSde {
+    fn vp_schedule(&self) -> &VpSchedule {
+        self.schedule()
+    }
+
+    /// `s = −(x − a ŷ)/b²` with `ŷ = x + M`, and `∂s/∂x = −(1 − a (1 + ∂M/∂x))/b²`.
+    fn learned_score(&self, x: &Tensor, t: Time<'_>, dx: bool) -> Result<(Tensor, Option<Tensor>)> {
+        let dirs: &[usize] = if dx { &[0] } else { &[] };
+        let (m, dm) = value_and_tangents(self.net(), x, t, dirs)?;
+        let (a, b, _) = self.schedule().coefficients(t)?;
+        let b2 = b.sqr()?;
+        let y_hat = (x + m)?;
+        let s = (x - y_hat.broadcast_mul(&a)?)?.broadcast_div(&b2)?.neg()?;
+        let ds = match dm.first() {
+            // −(1 − a − a ∂M/∂x)/b².
+            Some(dm) => Some(
+                dm.broadcast_mul(&a)?
+                    .broadcast_add(&a)?
+                    .affine(1.0, -1.0)?
+                    .broadcast_div(&b2)?,
+            ),
+            None => None,
         };
-        let q = self.schedule.marginal(&x.zeros_like()?, t, true)?;
-        Ok((q.reverse_drift(x, &d)?, d))
+        Ok((s, ds))
     }
 }
 
@@ -108,21 +166,21 @@ pub fn dsm_loss(model: &ScoreSde, y: &Tensor, t: &Tensor, eps: &Tensor) -> Resul
     Ok(((s - target)?.sqr()?.broadcast_mul(&sigma2)? * 0.5)?)
 }
 
-/// The probability-flow ODE of a [`ScoreSde`], `v = ½ σ² (x + s_θ)`, with its divergence
+/// The probability-flow ODE of a [`VpScore`] model ([`ScoreSde`], or [`VdmSde`]), `v = ½ σ² (x + s_θ)`, with its divergence
 /// `½ σ² (1 + ∂s_θ/∂x)`: a continuous normalizing flow whose exact likelihood
 /// [`sde_solvers::cnf::integrate`] computes (pass a detached model for evaluation).
 #[derive(Debug, Clone)]
-pub struct ScoreFlow<'a>(pub &'a ScoreSde);
+pub struct ScoreFlow<'a, M = ScoreSde>(pub &'a M);
 
 fn core_err(e: Error) -> sde_core::Error {
     sde_core::Error::Field(Box::new(e))
 }
 
-impl ScoreFlow<'_> {
+impl<M: VpScore> ScoreFlow<'_, M> {
     fn eval(&self, x: &Tensor, t: f64, div: bool) -> Result<(Tensor, Option<Tensor>)> {
         let model = self.0;
-        let (s, ds) = model.score(x, Time::Scalar(t), div)?;
-        let (bwd, d) = model.reverse_and_diffusion(x, Time::Scalar(t))?;
+        let (s, ds) = model.learned_score(x, Time::Scalar(t), div)?;
+        let (bwd, d) = vp_reverse_and_diffusion(model.vp_schedule(), x, Time::Scalar(t))?;
         // v = f − ½ σ² s = f_q,bwd + ½ σ² s.
         let v = (bwd + (&d.sigma2 * s)?.affine(0.5, 0.0)?)?;
         let divergence = match ds {
@@ -151,13 +209,13 @@ impl ScoreFlow<'_> {
     }
 }
 
-impl VectorField<Tensor> for ScoreFlow<'_> {
+impl<M: VpScore> VectorField<Tensor> for ScoreFlow<'_, M> {
     fn velocity(&self, x: &Tensor, t: f64) -> sde_core::Result<Tensor> {
         self.eval(x, t, false).map(|(v, _)| v).map_err(core_err)
     }
 }
 
-impl DivergenceField<Tensor, Tensor> for ScoreFlow<'_> {
+impl<M: VpScore> DivergenceField<Tensor, Tensor> for ScoreFlow<'_, M> {
     fn velocity_divergence(&self, x: &Tensor, t: f64) -> sde_core::Result<(Tensor, Tensor)> {
         match self.eval(x, t, true).map_err(core_err)? {
             (v, Some(div)) => Ok((v, div)),
