@@ -410,7 +410,7 @@ impl Report {
             );
             let _ = writeln!(
                 s,
-                "| model | n | ELBO_SDE (Monte Carlo) | ELBO_SDE (quadrature) | ∫R dt | ELBO_ODE | log p(y) | log p₁(y) | PF-ODE | max residual | bounds hold | seconds |"
+                "| model | n | ELBO_SDE (Monte Carlo, all validation points) | ELBO_SDE (quadrature) | ∫R dt | ELBO_ODE | log p(y) | log p₁(y) | PF-ODE | max residual | bounds hold | seconds |"
             );
             let _ = writeln!(
                 s,

@@ -146,7 +146,7 @@ fn column(v: &[f64], dtype: DType, device: &Device) -> Result<Tensor> {
 }
 
 /// Rows per network batch in the tabulation and the chain.
-const CHUNK: usize = 32_768;
+const CHUNK: usize = 4_096;
 
 /// Evaluates `model`'s drift at `xs` and `σ²` at `centres` for each of `times` (per-row times,
 /// in chunks): the tables of [`TabulatedSde`].
