@@ -46,6 +46,9 @@
 //!   PyTorch-style initialisation into a [`candle_nn::VarMap`], forward-mode tangents and
 //!   Jacobian–vector products, and exact and Hutchinson divergences of fields `v(x, t)`.
 //!
+//! The traits whose methods are called on processes, marginals, models and likelihoods are
+//! in [`prelude`] (`use sde_variational::prelude::*;`).
+//!
 //! Layering: `sde-core` → `sde-solvers` → `sde-variational` → `sde-experiments` → `xtask`.
 //! This crate names neither `sde-experiments` nor `xtask`.
 
@@ -79,3 +82,12 @@ pub use process::{
     DiffusionAt, FlowMarginal, GaussianMarginal, GaussianProcess, NetworkGaussian,
     VariationalField, VariationalProcess,
 };
+
+/// The traits whose methods a user calls, for one glob import:
+/// `use sde_variational::prelude::*;` brings `marginal`, the flow's drifts and densities,
+/// `drift_and_diffusion` and the likelihoods' methods into scope.
+pub mod prelude {
+    pub use crate::elbo::GenerativeSde;
+    pub use crate::likelihood::Likelihood;
+    pub use crate::process::{FlowMarginal, GaussianProcess, VariationalProcess};
+}

@@ -22,6 +22,30 @@
 //! paper parameterises `α` and `β` ([`GaussianProcess`]): the SDE experiment's networks
 //! ([`NetworkGaussian`]), the VDM schedule and the flow-matching interpolant. A non-linear
 //! flow is in `crate::flow`.
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use sde_variational::prelude::*;
+//! use sde_variational::{DiffusionAt, GaussianMarginal};
+//! # fn main() -> sde_variational::Result<()> {
+//! let col = |v: f64| Tensor::new(&[[v]], &Device::Cpu);
+//! // q_t = N(1, 0.5²) moving with ∂α/∂t = 2, ∂β/∂t = −0.5.
+//! let q = GaussianMarginal {
+//!     alpha: col(1.0)?,
+//!     beta: col(0.5)?,
+//!     dalpha_dt: Some(col(2.0)?),
+//!     dbeta_dt: Some(col(-0.5)?),
+//! };
+//! let x = q.sample(&col(0.4)?)?; // α + β ε = 1.2
+//! let value = |t: Tensor| -> sde_variational::Result<f64> { Ok(t.to_vec2::<f64>()?[0][0]) };
+//! assert!((value(q.ode_drift(&x)?)? - 1.8).abs() < 1e-12); // 2 − 0.5 · 0.4
+//! assert!((value(q.score(&x)?)? + 0.8).abs() < 1e-12); // −ε/β
+//! // Under σ² = 1: f_q = 1.8 + ½ (−0.8) = 1.4 and f_q,bwd = 1.8 − ½ (−0.8) = 2.2.
+//! let d = DiffusionAt { sigma2: col(1.0)?, dsigma2_dx: None };
+//! assert!((value(q.forward_drift(&x, &d)?)? - 1.4).abs() < 1e-12);
+//! assert!((value(q.reverse_drift(&x, &d)?)? - 2.2).abs() < 1e-12);
+//! # Ok(()) }
+//! ```
 
 use candle_core::{DType, Tensor, Var};
 
