@@ -1,5 +1,6 @@
 //! Times a few epochs of the SDE experiment:
-//! `cargo run --release -p sde-experiments --example sde_quick -- [epochs]`.
+//! `cargo run --release -p sde-experiments --example sde_quick -- [epochs]`; with the
+//! environment variable `SDE_QUICK_FLOW` set, the sinh–arcsinh variant.
 use candle_core::Device;
 use sde_experiments::{sde, Dataset};
 
@@ -13,7 +14,11 @@ fn main() -> anyhow::Result<()> {
         sde_variational::engine::set_parallel(false);
     }
     let data = Dataset::paper(0);
-    let mut config = sde::SdeConfig::reference();
+    let mut config = if std::env::var_os("SDE_QUICK_FLOW").is_some() {
+        sde::SdeConfig::sinh_arcsinh()
+    } else {
+        sde::SdeConfig::reference()
+    };
     config.train.epochs = epochs;
     config.train.validate_every = epochs;
     if let Some(every) = std::env::args().nth(3) {

@@ -225,6 +225,12 @@ impl FlowMarginal for SdeMarginal {
     fn like(&self) -> &Tensor {
         either!(self, q => q.like())
     }
+    fn tile(&self, n: usize) -> sde_variational::Result<Self> {
+        Ok(match self {
+            SdeMarginal::Gaussian(q) => SdeMarginal::Gaussian(q.tile(n)?),
+            SdeMarginal::Shaped(q) => SdeMarginal::Shaped(q.tile(n)?),
+        })
+    }
 }
 
 impl VariationalProcess for SdeProcess {

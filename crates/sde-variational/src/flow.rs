@@ -29,7 +29,9 @@ use candle_core::Tensor;
 use crate::engine::value_and_tangents;
 use crate::error::{Error, Result};
 use crate::mlp::{Activation, Mlp, Time};
-use crate::process::{FlowMarginal, GaussianMarginal, GaussianProcess, VariationalProcess};
+use crate::process::{
+    tile_opt, tile_rows, FlowMarginal, GaussianMarginal, GaussianProcess, VariationalProcess,
+};
 
 /// `asinh z` to rounding in absolute terms, for either sign (`ln(z + √(z² + 1))` for `z ≥ 0`, its odd reflection
 /// otherwise) and with the right derivative `1/√(z² + 1)` everywhere, zero included. Each branch
@@ -137,6 +139,16 @@ impl FlowMarginal for SinhArcsinhMarginal {
 
     fn like(&self) -> &Tensor {
         &self.base.alpha
+    }
+
+    fn tile(&self, n: usize) -> Result<Self> {
+        Ok(Self {
+            base: self.base.tile(n)?,
+            skew: tile_rows(&self.skew, n)?,
+            log_tail: tile_rows(&self.log_tail, n)?,
+            dskew_dt: tile_opt(&self.dskew_dt, n)?,
+            dlog_tail_dt: tile_opt(&self.dlog_tail_dt, n)?,
+        })
     }
 }
 

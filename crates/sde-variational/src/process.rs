@@ -166,10 +166,13 @@ pub trait FlowMarginal {
 
     /// `KL(q_t(·|y) ‖ N(0, 1)) = E_ε[½ φ(ε)² − ½ ε² − log ∂φ/∂ε]` per row, by the Gauss–Hermite
     /// rule `rule` over `ε` (deterministic and differentiable). Closed forms override it.
-    fn kl_to_standard_normal(&self, rule: &Rule) -> Result<Tensor> {
-        expect_over_eps(self.like(), rule, |eps| {
-            let x = self.sample(eps)?;
-            Ok(((x.sqr()? - eps.sqr()?)?.affine(0.5, 0.0)? - self.log_det(eps)?)?)
+    fn kl_to_standard_normal(&self, rule: &Rule) -> Result<Tensor>
+    where
+        Self: Sized,
+    {
+        expect_over_eps(self, rule, |q, eps| {
+            let x = q.sample(eps)?;
+            Ok(((x.sqr()? - eps.sqr()?)?.affine(0.5, 0.0)? - q.log_det(eps)?)?)
         })
     }
 
@@ -181,34 +184,62 @@ pub trait FlowMarginal {
         y: &Tensor,
         likelihood: &dyn Likelihood,
         rule: &Rule,
-    ) -> Result<Tensor> {
-        expect_over_eps(self.like(), rule, |eps| {
-            likelihood.log_prob(y, &self.sample(eps)?)
+    ) -> Result<Tensor>
+    where
+        Self: Sized,
+    {
+        let y = tile_rows(y, rule.len())?;
+        expect_over_eps(self, rule, |q, eps| {
+            likelihood.log_prob(&y, &q.sample(eps)?)
         })
     }
 
     /// A `(B, 1)` tensor of the rows (say, the mean): its shape, dtype and device build the
     /// constants of the quadrature over `ε`.
     fn like(&self) -> &Tensor;
+
+    /// The same flow with every row repeated `n` times in place (row `i n + j` is row `i`), so
+    /// that a quadrature over `n` nodes runs as one batch.
+    fn tile(&self, n: usize) -> Result<Self>
+    where
+        Self: Sized;
 }
 
-/// `Σ_i w_i g(ε_i)` per row over the nodes `ε_i` of `rule`, each a constant column shaped,
-/// typed and placed like `like` `(B, 1)`.
-pub fn expect_over_eps(
-    like: &Tensor,
+/// `t` `(B, 1)` with every row repeated `n` times in place: `(B n, 1)`, row `i n + j` is row `i`.
+pub fn tile_rows(t: &Tensor, n: usize) -> Result<Tensor> {
+    let b = t.dim(0)?;
+    Ok(t.broadcast_as((b, n))?.reshape((b * n, 1))?)
+}
+
+/// [`tile_rows`] of an optional tensor.
+pub(crate) fn tile_opt(t: &Option<Tensor>, n: usize) -> Result<Option<Tensor>> {
+    t.as_ref().map(|t| tile_rows(t, n)).transpose()
+}
+
+/// `Σ_j w_j g(q, ε_j)` per row over the nodes `ε_j` of `rule`, evaluated as one batch: `g`
+/// receives the flow tiled to `B n` rows ([`FlowMarginal::tile`]) and the column of nodes
+/// (row `i n + j` holds `ε_j`), and returns a `(B n, 1)` column.
+pub fn expect_over_eps<M: FlowMarginal>(
+    q: &M,
     rule: &Rule,
-    g: impl Fn(&Tensor) -> Result<Tensor>,
+    g: impl Fn(&M, &Tensor) -> Result<Tensor>,
 ) -> Result<Tensor> {
-    let mut acc: Option<Tensor> = None;
-    for (&e, &w) in rule.nodes.iter().zip(&rule.weights) {
-        let eps = Tensor::full(e, like.dims(), like.device())?.to_dtype(like.dtype())?;
-        let term = g(&eps)?.affine(w, 0.0)?;
-        acc = Some(match acc {
-            Some(a) => (a + term)?,
-            None => term,
-        });
+    let n = rule.len();
+    if n == 0 {
+        return Err(Error::invalid(
+            "rule",
+            "no nodes",
+            "a quadrature rule needs a node",
+        ));
     }
-    acc.ok_or_else(|| Error::invalid("rule", "no nodes", "a quadrature rule needs a node"))
+    let like = q.like();
+    let b = like.dim(0)?;
+    let nodes: Vec<f64> = (0..b).flat_map(|_| rule.nodes.iter().copied()).collect();
+    let eps = Tensor::from_vec(nodes, (b * n, 1), like.device())?.to_dtype(like.dtype())?;
+    let weights =
+        Tensor::from_slice(&rule.weights, (1, n), like.device())?.to_dtype(like.dtype())?;
+    let values = g(&q.tile(n)?, &eps)?.reshape((b, n))?;
+    Ok(values.broadcast_mul(&weights)?.sum_keepdim(1)?)
 }
 
 impl GaussianMarginal {
@@ -284,6 +315,15 @@ impl FlowMarginal for GaussianMarginal {
 
     fn like(&self) -> &Tensor {
         &self.alpha
+    }
+
+    fn tile(&self, n: usize) -> Result<Self> {
+        Ok(Self {
+            alpha: tile_rows(&self.alpha, n)?,
+            beta: tile_rows(&self.beta, n)?,
+            dalpha_dt: tile_opt(&self.dalpha_dt, n)?,
+            dbeta_dt: tile_opt(&self.dbeta_dt, n)?,
+        })
     }
 }
 
