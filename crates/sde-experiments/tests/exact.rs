@@ -78,6 +78,21 @@ fn check_chain(name: &str, out: &ExactOutcome, mc: &ElboEstimate) {
     assert!(r.reverse_discrepancy.value >= 0.0);
 }
 
+/// A short run of small networks: 20 epochs of 2-16-16 networks, few draws and samples (the
+/// experiment configurations share these field names).
+macro_rules! shrink {
+    ($c:ident) => {
+        $c.train.epochs = 20;
+        $c.train.batch_size = 100;
+        $c.train.validate_every = 20;
+        $c.train.adam.lr = 3e-3;
+        $c.widths = vec![2, 16, 16, 1];
+        $c.eval_draws = 2;
+        $c.n_samples = 100;
+        $c.n_steps = 10;
+    };
+}
+
 #[test]
 fn the_sde_models_chain_holds() {
     let data = small_data();
@@ -86,31 +101,31 @@ fn the_sde_models_chain_holds() {
     let config = exact_config();
 
     let mut c = sde::SdeConfig::reference();
-    c.train.epochs = 20;
-    c.train.batch_size = 100;
-    c.train.validate_every = 20;
-    c.train.adam.lr = 3e-3;
-    c.widths = vec![2, 16, 16, 1];
-    c.eval_draws = 2;
-    c.n_samples = 100;
-    c.n_steps = 10;
+    shrink!(c);
     let t0 = std::time::Instant::now();
-    let run = sde::run(&c, &data, &device, |_| {}).unwrap();
-    eprintln!("sde training {:.2} s", t0.elapsed().as_secs_f64());
-    let process = run.model.process.detached().unwrap();
-    let model = run.model.sde.detached().unwrap();
-    let delta = process.beta1().unwrap();
-    let out = sde_chain(
-        &process,
-        &model,
-        &delta,
-        &data.validation,
-        &config,
-        (DType::F32, &device),
-    )
-    .unwrap();
-    let mc = sde::evaluate_elbo(&run.model, &val, 200, &mut TrainRng::seed_from_u64(5)).unwrap();
-    check_chain("sde", &out, &mc);
+    // Both variational families: the paper's Gaussian and the sinh–arcsinh flow.
+    for (name, family) in [
+        ("sde", sde::Family::Gaussian),
+        ("sde-flow", sde::Family::SinhArcsinh),
+    ] {
+        c.family = family;
+        let run = sde::run(&c, &data, &device, |_| {}).unwrap();
+        eprintln!("{name} training {:.2} s", t0.elapsed().as_secs_f64());
+        let model = run.model.sde.detached().unwrap();
+        let delta = run.model.process.beta1().unwrap().detach();
+        let out = sde_chain(
+            &run.model.variational_detached().unwrap(),
+            &model,
+            &delta,
+            &data.validation,
+            &config,
+            (DType::F32, &device),
+        )
+        .unwrap();
+        let mc =
+            sde::evaluate_elbo(&run.model, &val, 200, &mut TrainRng::seed_from_u64(5)).unwrap();
+        check_chain(name, &out, &mc);
+    }
 }
 
 #[test]
@@ -121,14 +136,7 @@ fn the_vdm_and_score_models_chain_holds_and_their_flows_are_compared() {
     let config = exact_config();
 
     let mut c = vdm::VdmConfig::reference();
-    c.train.epochs = 20;
-    c.train.batch_size = 100;
-    c.train.validate_every = 20;
-    c.train.adam.lr = 3e-3;
-    c.widths = vec![2, 16, 16, 1];
-    c.eval_draws = 2;
-    c.n_samples = 100;
-    c.n_steps = 10;
+    shrink!(c);
     let run = vdm::run(&c, &data, &device, |_| {}).unwrap();
     let model = run.model.sde.detached().unwrap();
     let out = vp_chain(&model, &data.validation, &config, (DType::F32, &device)).unwrap();
@@ -137,14 +145,7 @@ fn the_vdm_and_score_models_chain_holds_and_their_flows_are_compared() {
     assert!(out.report.pf_ode_log_density.is_some_and(f64::is_finite));
 
     let mut c = sm::SmConfig::reference();
-    c.train.epochs = 20;
-    c.train.batch_size = 100;
-    c.train.validate_every = 20;
-    c.train.adam.lr = 3e-3;
-    c.widths = vec![2, 16, 16, 1];
-    c.eval_draws = 2;
-    c.n_samples = 100;
-    c.n_steps = 10;
+    shrink!(c);
     let run = sm::run(&c, &data, &device, |_| {}).unwrap();
     let model = run.model.sde.detached().unwrap();
     let out = vp_chain(&model, &data.validation, &config, (DType::F32, &device)).unwrap();
