@@ -208,6 +208,12 @@ impl FlowMarginal for SdeMarginal {
     fn score_at_eps(&self, eps: &Tensor) -> sde_variational::Result<Tensor> {
         either!(self, q => q.score_at_eps(eps))
     }
+    fn ode_drift_and_score_at_eps(
+        &self,
+        eps: &Tensor,
+    ) -> sde_variational::Result<(Tensor, Tensor)> {
+        either!(self, q => q.ode_drift_and_score_at_eps(eps))
+    }
     fn kl_to_standard_normal(
         &self,
         rule: &sde_core::quadrature::Rule,

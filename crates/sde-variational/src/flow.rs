@@ -70,44 +70,43 @@ pub struct SinhArcsinhMarginal {
     pub dlog_tail_dt: Option<Tensor>,
 }
 
+/// The intermediate values of the sinh–arcsinh flow at one `ε`, computed once and shared by
+/// the flow's value, slope, velocity and score.
+struct Parts {
+    /// `u = asinh ε`.
+    u: Tensor,
+    /// `τ = e^ℓ`.
+    tau: Tensor,
+    /// `sinh w`, `cosh w` for `w = τ u + s`.
+    sh: Tensor,
+    ch: Tensor,
+    /// `√(1 + ε²)`.
+    root: Tensor,
+}
+
 impl SinhArcsinhMarginal {
-    /// `(u, w, τ, 1 + ε²)` at `eps`: `u = asinh ε`, `w = τ u + s`.
-    fn parts(&self, eps: &Tensor) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+    fn parts(&self, eps: &Tensor) -> Result<Parts> {
         let u = asinh(eps)?;
         let tau = self.log_tail.exp()?;
         let w = ((&tau * &u)? + &self.skew)?;
-        let one_eps2 = (eps.sqr()? + 1.0)?;
-        Ok((u, w, tau, one_eps2))
-    }
-
-    /// `∂φ/∂ε = β τ cosh(w) / √(1 + ε²)` and `tanh w`.
-    fn slope(&self, eps: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let (_, w, tau, one_eps2) = self.parts(eps)?;
         let (sh, ch) = sinh_cosh(&w)?;
-        let dphi = ((&self.base.beta * &tau)? * &ch)?.div(&one_eps2.sqrt()?)?;
-        Ok((dphi, (sh / ch)?, tau))
-    }
-}
-
-impl FlowMarginal for SinhArcsinhMarginal {
-    fn sample(&self, eps: &Tensor) -> Result<Tensor> {
-        let (_, w, _, _) = self.parts(eps)?;
-        let (sh, _) = sinh_cosh(&w)?;
-        Ok((&self.base.alpha + (&self.base.beta * sh)?)?)
+        let root = (eps.sqr()? + 1.0)?.sqrt()?;
+        Ok(Parts {
+            u,
+            tau,
+            sh,
+            ch,
+            root,
+        })
     }
 
-    fn eps_of(&self, x: &Tensor) -> Result<Tensor> {
-        let w = asinh(&((x - &self.base.alpha)? / &self.base.beta)?)?;
-        let u = ((w - &self.skew)? / self.log_tail.exp()?)?;
-        Ok(sinh_cosh(&u)?.0)
+    /// `∂φ/∂ε = β τ cosh(w) / √(1 + ε²)`.
+    fn slope(&self, p: &Parts) -> Result<Tensor> {
+        Ok(((&self.base.beta * &p.tau)? * &p.ch)?.div(&p.root)?)
     }
 
-    fn log_det(&self, eps: &Tensor) -> Result<Tensor> {
-        let (dphi, _, _) = self.slope(eps)?;
-        Ok(dphi.log()?)
-    }
-
-    fn ode_drift_at_eps(&self, eps: &Tensor) -> Result<Tensor> {
+    /// `∂φ/∂t = ∂α/∂t + ∂β/∂t sinh w + β cosh(w) (τ ∂ℓ/∂t u + ∂s/∂t)`.
+    fn velocity(&self, p: &Parts) -> Result<Tensor> {
         let (Some(ds), Some(dl)) = (&self.dskew_dt, &self.dlog_tail_dt) else {
             return Err(Error::invalid(
                 "marginal",
@@ -122,19 +121,47 @@ impl FlowMarginal for SinhArcsinhMarginal {
                 "the drifts need ∂α/∂t and ∂β/∂t: evaluate it with derivatives = true",
             ));
         };
-        let (u, w, tau, _) = self.parts(eps)?;
-        let (sh, ch) = sinh_cosh(&w)?;
         // ∂w/∂t = τ ∂ℓ/∂t u + ∂s/∂t.
-        let dw = (((&tau * dl)? * &u)? + ds)?;
-        Ok(((da + (db * sh)?)? + ((&self.base.beta * ch)? * dw)?)?)
+        let dw = (((&p.tau * dl)? * &p.u)? + ds)?;
+        Ok(((da + (db * &p.sh)?)? + ((&self.base.beta * &p.ch)? * dw)?)?)
+    }
+
+    /// `(−ε − d/dε log ∂φ/∂ε) / ∂φ/∂ε`, with `d/dε log ∂φ/∂ε = τ tanh(w)/√(1 + ε²) − ε/(1 + ε²)`.
+    fn score(&self, eps: &Tensor, p: &Parts) -> Result<Tensor> {
+        let th = (&p.sh / &p.ch)?;
+        let dlog_slope = (((th * &p.tau)? / &p.root)? - (eps / p.root.sqr()?)?)?;
+        Ok(((eps.neg()? - dlog_slope)? / self.slope(p)?)?)
+    }
+}
+
+impl FlowMarginal for SinhArcsinhMarginal {
+    fn sample(&self, eps: &Tensor) -> Result<Tensor> {
+        let p = self.parts(eps)?;
+        Ok((&self.base.alpha + (&self.base.beta * p.sh)?)?)
+    }
+
+    fn eps_of(&self, x: &Tensor) -> Result<Tensor> {
+        let w = asinh(&((x - &self.base.alpha)? / &self.base.beta)?)?;
+        let u = ((w - &self.skew)? / self.log_tail.exp()?)?;
+        Ok(sinh_cosh(&u)?.0)
+    }
+
+    fn log_det(&self, eps: &Tensor) -> Result<Tensor> {
+        Ok(self.slope(&self.parts(eps)?)?.log()?)
+    }
+
+    fn ode_drift_at_eps(&self, eps: &Tensor) -> Result<Tensor> {
+        self.velocity(&self.parts(eps)?)
     }
 
     fn score_at_eps(&self, eps: &Tensor) -> Result<Tensor> {
-        let (dphi, th, tau) = self.slope(eps)?;
-        let one_eps2 = (eps.sqr()? + 1.0)?;
-        // d/dε log q(φ(ε)) = −ε − d/dε log ∂φ/∂ε, divided by ∂φ/∂ε.
-        let dlog_slope = (((th * tau)? / one_eps2.sqrt()?)? - (eps / &one_eps2)?)?;
-        Ok(((eps.neg()? - dlog_slope)? / dphi)?)
+        self.score(eps, &self.parts(eps)?)
+    }
+
+    /// Both from one evaluation of the flow's intermediate values.
+    fn ode_drift_and_score_at_eps(&self, eps: &Tensor) -> Result<(Tensor, Tensor)> {
+        let p = self.parts(eps)?;
+        Ok((self.velocity(&p)?, self.score(eps, &p)?))
     }
 
     fn like(&self) -> &Tensor {

@@ -71,11 +71,8 @@ fn combine(log_w: &Tensor, log_q: &Tensor, v: &Tensor, s: &Tensor) -> Result<Mix
 /// The columns `(log q, v, s)` of one flow at `x`, each `(rows, 1)`.
 fn component<M: FlowMarginal>(q: &M, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
     let eps = q.eps_of(x)?;
-    Ok((
-        q.log_density_at_eps(&eps)?,
-        q.ode_drift_at_eps(&eps)?,
-        q.score_at_eps(&eps)?,
-    ))
+    let (v, score) = q.ode_drift_and_score_at_eps(&eps)?;
+    Ok((q.log_density_at_eps(&eps)?, v, score))
 }
 
 /// `q_t = Σ_k π_k q_t^k` for component flows at the same `B` rows, with `ode_drift`-capable

@@ -114,6 +114,12 @@ pub trait FlowMarginal {
     /// The score `∇ₓ log q_t` at `x = φ(ε, t)`.
     fn score_at_eps(&self, eps: &Tensor) -> Result<Tensor>;
 
+    /// The ODE drift and the score at `x = φ(ε)` together: what the SDE drifts need. Flows
+    /// whose two share intermediate values override it to compute them once.
+    fn ode_drift_and_score_at_eps(&self, eps: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((self.ode_drift_at_eps(eps)?, self.score_at_eps(eps)?))
+    }
+
     /// `log q_t(x | y) = log N(ε; 0, 1) − log ∂φ/∂ε` at `x = φ(ε)`.
     fn log_density_at_eps(&self, eps: &Tensor) -> Result<Tensor> {
         Ok((eps.sqr()?.affine(-0.5, -0.5 * LN_2PI)? - self.log_det(eps)?)?)
@@ -136,12 +142,8 @@ pub trait FlowMarginal {
 
     /// The forward SDE drift `f_q` at `x = φ(ε)` for the diffusion `d` at the same rows.
     fn forward_drift_at_eps(&self, eps: &Tensor, d: &DiffusionAt) -> Result<Tensor> {
-        sde_drift(
-            &self.ode_drift_at_eps(eps)?,
-            &self.score_at_eps(eps)?,
-            d,
-            1.0,
-        )
+        let (v, score) = self.ode_drift_and_score_at_eps(eps)?;
+        sde_drift(&v, &score, d, 1.0)
     }
 
     /// The forward SDE drift `f_q` at `x`.
@@ -151,12 +153,8 @@ pub trait FlowMarginal {
 
     /// The reverse-time SDE drift `f_q,bwd` at `x = φ(ε)`.
     fn reverse_drift_at_eps(&self, eps: &Tensor, d: &DiffusionAt) -> Result<Tensor> {
-        sde_drift(
-            &self.ode_drift_at_eps(eps)?,
-            &self.score_at_eps(eps)?,
-            d,
-            -1.0,
-        )
+        let (v, score) = self.ode_drift_and_score_at_eps(eps)?;
+        sde_drift(&v, &score, d, -1.0)
     }
 
     /// The reverse-time SDE drift `f_q,bwd` at `x`.
