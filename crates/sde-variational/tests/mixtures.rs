@@ -196,6 +196,8 @@ fn a_mixtures_forward_and_reverse_sdes_keep_its_marginals_by_sampling() -> Resul
 
 #[test]
 fn responsibilities_velocity_and_score_match_the_closed_form_mixture() -> Result<()> {
+    // Tensor f64 algebra against sde-core's independent f64 formulas: rounding only, with the
+    // score's division by small component densities allowed more (1e-10 against 1e-12).
     let xs = [-3.0, -1.2, 0.0, 0.4, 1.9, 3.5];
     for t in [0.0, 0.3, 0.8] {
         let m = ThreeLines.at(&column(&xs)?, t)?;
@@ -240,6 +242,7 @@ fn three_data() -> Result<(Interpolant, [f64; 3], MixturePath)> {
 fn the_data_mixture_is_the_closed_form_mixture_path() -> Result<()> {
     // Flow matching's interpolant with β₀ = 1, β₁ = 0.3 over three data: the mixture of the
     // linear Gaussian paths N(0, 1) → N(y_n, 0.3²), whose velocity and score sde-core gives.
+    // Two independent f64 implementations of the same formulas: rounding only (1e-12).
     let (interpolant, ys, path) = three_data()?;
     let mix = DataMixture::new(&interpolant, column(&ys)?)?;
     let xs = [-3.0, -0.5, 0.2, 1.0, 2.7];
