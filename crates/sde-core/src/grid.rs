@@ -6,8 +6,8 @@
 //!   log-density interpolated linearly between cell centres (exact for exponential tails,
 //!   second order elsewhere), the score `∂_x log p` from the differences of neighbouring
 //!   `log p_i` (each exact at its face midpoint for a log-quadratic density, second order in
-//!   general) interpolated linearly, and the Gaussian expectations `E[log p(m + s ε)]` and
-//!   `log E[p(y + δ ε)]` by Gauss–Hermite quadrature.
+//!   general) interpolated linearly, and the convolution with a Gaussian likelihood,
+//!   `log E[p(y + δ ε)]`, by Gauss–Hermite quadrature.
 //! - [`TabulatedSde`]: a drift and a diffusion tabulated once at a set of times on the grid's
 //!   faces and centres and interpolated in time (cubic Lagrange), so that the explicit solver's
 //!   many small steps (`Δt ∝ Δx²`) do not each evaluate a neural network.
@@ -145,12 +145,6 @@ impl GridDensity {
         let j = (u.floor() as usize).min(m - 2);
         let w = u - j as f64;
         (1.0 - w) * self.face_score[j] + w * self.face_score[j + 1]
-    }
-
-    /// `E_{ε ~ N(0,1)}[log p(mean + std ε)]` by the Gauss–Hermite rule `gh`: the cross-entropy
-    /// term of `KL(N(mean, std²) ‖ p)`.
-    pub fn expected_log_density(&self, mean: f64, std: f64, gh: &Rule) -> f64 {
-        gh.expect(|e| self.log_density(mean + std * e))
     }
 
     /// `log ∫ N(y; x, δ²) p(x) dx = log E_{ε ~ N(0,1)}[p(y + δ ε)]` by the Gauss–Hermite rule
@@ -365,18 +359,12 @@ mod tests {
     }
 
     #[test]
-    fn gaussian_expectations_match_closed_forms() {
+    fn the_convolved_log_likelihood_matches_the_closed_form() {
         let g = Gaussian::new(-1.0, 0.8).unwrap();
         let fp = FokkerPlanck1d::new(-12.0, 10.0, 800).unwrap();
         let p = GridDensity::new(&fp, &fp.project(|x| g.density(x))).unwrap();
         let gh = crate::quadrature::gauss_hermite(20).unwrap();
         assert!((p.mass() - 1.0).abs() < 1e-12);
-        // E_{N(m, s²)}[log N(x; −1, 0.8)] = −½ [((m + 1)² + s²)/0.8 + log(2π 0.8)].
-        let (m, s) = (0.5, 0.3);
-        let exact =
-            -0.5 * (((m + 1.0f64).powi(2) + s * s) / 0.8 + (2.0 * std::f64::consts::PI * 0.8).ln());
-        // 1e-4: the log-linear interpolation error (Δx = 0.0275, (log p)'' = −1.25).
-        assert!((p.expected_log_density(m, s, &gh) - exact).abs() < 1e-4);
         // log ∫ N(y; x, δ²) N(x; −1, 0.8) dx = log N(y; −1, 0.8 + δ²), for wide and narrow δ.
         for delta in [0.01, 0.1, 1.0] {
             let y = 0.7;
@@ -384,6 +372,7 @@ mod tests {
                 .unwrap()
                 .log_density(y);
             let got = p.log_convolved(y, delta, &gh);
+            // 1e-4: the log-linear interpolation error (Δx = 0.0275, (log p)'' = −1.25).
             assert!((got - exact).abs() < 1e-4, "δ {delta}: {got} vs {exact}");
         }
     }
