@@ -167,10 +167,11 @@ impl NeuralOde {
         let grid = TimeGrid::uniform(1.0, 0.0, n_steps)?;
         let zero = Tensor::zeros((batch, 1), ys.dtype(), ys.device())?;
         if self.probe.is_none() && d == 1 && engine::supports(&self.mlp) {
-            // One fused op per field evaluation on the packed state [x, a] (d = 1).
-            let field = FusedAugmented { mlp: &self.mlp };
+            // The whole solve of the packed state [x, a] as one fused op (see
+            // [`engine::solve`]): the engine's output row [v, ∂v/∂x] for the tangent in x is
+            // exactly d[x, a]/dt, and the network reads x from column 0, ignoring a.
             let start = Tensor::cat(&[ys, &zero], 1)?;
-            let end = method.solve(&field, start, &grid, false)?.into_last();
+            let end = engine::solve(&self.mlp, &start, &[0], method, &grid)?;
             let log_p0 = self.log_prior(&end.narrow(1, 0, 1)?)?;
             return Ok(log_p0.add(&end.narrow(1, 1, 1)?)?);
         }
@@ -196,22 +197,11 @@ impl NeuralOde {
         )?
         .affine(self.prior_scale, 0.0)?;
         let grid = TimeGrid::uniform(0.0, 1.0, n_steps)?;
+        if !record && engine::supports(&self.mlp) {
+            return Ok(vec![engine::solve(&self.mlp, &x0, &[], method, &grid)?]);
+        }
         let sol = method.solve(self, x0, &grid, record)?;
         Ok(sol.states().to_vec())
-    }
-}
-
-/// The augmented CNF field on the packed state `[x, a]` `(batch, 2)` of a one-dimensional
-/// model: `d/dt [x, a] = [v, ∂v/∂x]`, one fused op per evaluation (see [`engine`]): the
-/// engine's output row `[v, ∂v/∂x]` for the tangent in `x` is exactly this velocity, and it
-/// reads `x` from column 0 of the state, ignoring `a`.
-struct FusedAugmented<'a> {
-    mlp: &'a Mlp,
-}
-
-impl VectorField<Tensor> for FusedAugmented<'_> {
-    fn velocity(&self, xa: &Tensor, t: f64) -> sde_core::Result<Tensor> {
-        engine::evaluate(self.mlp, xa, Time::Scalar(t), &[0]).map_err(field_err)
     }
 }
 

@@ -67,6 +67,7 @@
 
 mod gemm;
 pub(crate) mod kernel;
+mod solve;
 mod worker;
 
 use std::any::Any;
@@ -81,6 +82,7 @@ use crate::error::{Error, Result};
 use crate::mlp::{with_time, Activation, Mlp, Time};
 pub use kernel::fast_tanh;
 use kernel::{Net, Real};
+pub use solve::solve;
 
 /// Whether [`evaluate`] runs `mlp` through the fused op: a CPU network in `f32` or `f64` with at
 /// least one hidden layer. Other networks go through the generic candle path.
