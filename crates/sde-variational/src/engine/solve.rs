@@ -298,7 +298,7 @@ impl<T: Real> Plan<T> {
 /// `y ← y + a x`.
 fn axpy<T: Real>(a: T, x: &[T], y: &mut [T]) {
     for (yv, &xv) in y.iter_mut().zip(x) {
-        *yv = *yv + a * xv;
+        *yv += a * xv;
     }
 }
 
