@@ -219,34 +219,21 @@ fn one_thread_or_two_and_a_second_backward_agree() -> Result<()> {
 fn bad_inputs_are_named() -> Result<()> {
     let net = field(&[2, 16, 16, 1], DType::F64, 1)?;
     let grid = TimeGrid::uniform(0.0, 1.0, 4)?;
-    let msg = |r: Result<Tensor>| r.expect_err("must fail").to_string();
-    // The augmented field's state has two columns; a plain velocity's one.
-    let e = msg(solve(
-        &net,
-        &Tensor::zeros((3, 1), DType::F64, &Device::Cpu)?,
-        &[0],
-        OdeMethod::Rk4,
-        &grid,
-    ));
-    assert!(e.contains("start") && e.contains("[3, 1]"), "{e}");
-    let e = msg(solve(
-        &net,
-        &Tensor::zeros((3, 2), DType::F64, &Device::Cpu)?,
-        &[2],
-        OdeMethod::Rk4,
-        &grid,
-    ));
-    assert!(e.contains("dirs") && e.contains('2'), "{e}");
-    let e = msg(solve(
-        &net,
-        &Tensor::zeros((3, 2), DType::F32, &Device::Cpu)?,
-        &[0],
-        OdeMethod::Rk4,
-        &grid,
-    ));
-    assert!(e.contains("start") && e.contains("F32"), "{e}");
-    let bad = Tensor::new(&[[0.0f64, 0.0], [f64::NAN, 0.0]], &Device::Cpu)?;
-    let e = msg(solve(&net, &bad, &[0], OdeMethod::Rk4, &grid));
-    assert!(e.contains("non-finite") && e.contains("entry 2"), "{e}");
+    let zeros = |cols: usize, dtype: DType| Tensor::zeros((3, cols), dtype, &Device::Cpu);
+    let nan = Tensor::new(&[[0.0f64, 0.0], [f64::NAN, 0.0]], &Device::Cpu)?;
+    // (start, directions, what the message must name). The augmented field's state has two
+    // columns.
+    let cases: [(Tensor, &[usize], [&str; 2]); 4] = [
+        (zeros(1, DType::F64)?, &[0], ["start", "[3, 1]"]),
+        (zeros(2, DType::F64)?, &[2], ["dirs", "2 for input width 2"]),
+        (zeros(2, DType::F32)?, &[0], ["start", "F32"]),
+        (nan, &[0], ["non-finite", "entry 2"]),
+    ];
+    for (start, dirs, words) in cases {
+        let e = solve(&net, &start, dirs, OdeMethod::Rk4, &grid)
+            .expect_err("must fail")
+            .to_string();
+        assert!(words.iter().all(|w| e.contains(w)), "{e}");
+    }
     Ok(())
 }

@@ -157,26 +157,8 @@ pub fn value_and_tangents(
 /// # Errors
 /// `mlp` not supported, shapes or dtypes that do not fit, a direction `≥ n_in`.
 pub fn evaluate(mlp: &Mlp, xs: &Tensor, t: Time<'_>, dirs: &[usize]) -> Result<Tensor> {
-    if !supports(mlp) {
-        return Err(Error::invalid(
-            "mlp",
-            format!(
-                "widths {:?}, {:?} on {:?}",
-                mlp.config().widths,
-                mlp.dtype(),
-                mlp.device().location()
-            ),
-            "the fused engine needs a CPU f32/f64 network with at least one hidden layer",
-        ));
-    }
+    check_network(mlp, dirs)?;
     let n_in = mlp.in_dim();
-    if let Some(&d) = dirs.iter().find(|&&d| d >= n_in) {
-        return Err(Error::invalid(
-            "dirs",
-            format!("{d} for input width {n_in}"),
-            "must index an input coordinate",
-        ));
-    }
     let batch = match *xs.dims() {
         [batch, k] if k + 1 >= n_in => batch,
         ref dims => {
@@ -187,13 +169,7 @@ pub fn evaluate(mlp: &Mlp, xs: &Tensor, t: Time<'_>, dirs: &[usize]) -> Result<T
             ))
         }
     };
-    if xs.dtype() != mlp.dtype() || !xs.device().is_cpu() {
-        return Err(Error::invalid(
-            "xs",
-            format!("{:?} on {:?}", xs.dtype(), xs.device().location()),
-            "must be on the CPU in the network's dtype",
-        ));
-    }
+    check_operand("xs", xs, mlp)?;
     let params = mlp.params();
     let mut op = FusedMlp {
         widths: mlp.config().widths.clone(),
@@ -228,6 +204,44 @@ pub fn evaluate(mlp: &Mlp, xs: &Tensor, t: Time<'_>, dirs: &[usize]) -> Result<T
             Ok(xs.apply_op3(ts, params, op)?)
         }
     }
+}
+
+/// Checks that the engine runs `mlp` ([`supports`]) and that every direction in `dirs` indexes
+/// one of its inputs.
+fn check_network(mlp: &Mlp, dirs: &[usize]) -> Result<()> {
+    if !supports(mlp) {
+        return Err(Error::invalid(
+            "mlp",
+            format!(
+                "widths {:?}, {:?} on {:?}",
+                mlp.config().widths,
+                mlp.dtype(),
+                mlp.device().location()
+            ),
+            "the fused engine needs a CPU f32/f64 network with at least one hidden layer",
+        ));
+    }
+    let n_in = mlp.in_dim();
+    if let Some(&d) = dirs.iter().find(|&&d| d >= n_in) {
+        return Err(Error::invalid(
+            "dirs",
+            format!("{d} for input width {n_in}"),
+            "must index an input coordinate",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that the input `name` is a CPU tensor in `mlp`'s dtype.
+fn check_operand(name: &'static str, x: &Tensor, mlp: &Mlp) -> Result<()> {
+    if x.dtype() != mlp.dtype() || !x.device().is_cpu() {
+        return Err(Error::invalid(
+            name,
+            format!("{:?} on {:?}", x.dtype(), x.device().location()),
+            "must be on the CPU in the network's dtype",
+        ));
+    }
+    Ok(())
 }
 
 /// The fused candle op behind [`evaluate`]: `(xs, params)` with a scalar time

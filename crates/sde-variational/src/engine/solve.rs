@@ -36,7 +36,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Storage, 
 use sde_solvers::{ButcherTableau, OdeMethod, TimeGrid};
 
 use super::kernel::{Net, Real};
-use super::{contiguous, split_point, supports, worker};
+use super::{check_network, check_operand, contiguous, split_point, worker};
 use crate::error::{Error, Result};
 use crate::mlp::{Activation, Mlp};
 
@@ -70,7 +70,7 @@ use crate::mlp::{Activation, Mlp};
 /// ```
 ///
 /// # Errors
-/// `mlp` not supported by the engine ([`supports`]), a direction `≥ n_in`, a state of the
+/// `mlp` not supported by the engine ([`supports`](super::supports)), a direction `≥ n_in`, a state of the
 /// wrong width or dtype, a non-finite start, or a non-finite end state (the solver's
 /// [`NonFinite`](sde_solvers::Error::NonFinite) error).
 pub fn solve(
@@ -80,21 +80,8 @@ pub fn solve(
     method: OdeMethod,
     grid: &TimeGrid,
 ) -> Result<Tensor> {
-    if !supports(mlp) {
-        return Err(Error::invalid(
-            "mlp",
-            format!("widths {:?}, {:?}", mlp.config().widths, mlp.dtype()),
-            "the fused solve needs a CPU f32/f64 network with at least one hidden layer",
-        ));
-    }
+    check_network(mlp, dirs)?;
     let (n_in, n_out) = (mlp.in_dim(), mlp.out_dim());
-    if let Some(&d) = dirs.iter().find(|&&d| d >= n_in) {
-        return Err(Error::invalid(
-            "dirs",
-            format!("{d} for input width {n_in}"),
-            "must index an input coordinate",
-        ));
-    }
     let width = (1 + dirs.len()) * n_out;
     match *start.dims() {
         [_, s] if s == width && s + 1 >= n_in => {}
@@ -106,13 +93,7 @@ pub fn solve(
             ))
         }
     }
-    if start.dtype() != mlp.dtype() || !start.device().is_cpu() {
-        return Err(Error::invalid(
-            "start",
-            format!("{:?} on {:?}", start.dtype(), start.device().location()),
-            "must be on the CPU in the network's dtype",
-        ));
-    }
+    check_operand("start", start, mlp)?;
     if let Some(i) = sde_core::Vector::first_non_finite(start)? {
         return Err(sde_solvers::Error::NonFinite {
             t: grid.start(),
