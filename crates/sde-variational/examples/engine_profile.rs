@@ -4,7 +4,9 @@
 //! - `plain`: one network, no tangent, a squared error (flow matching);
 //! - `sde`: `A(y, t)`, `B(y, t)` with `∂/∂t`, softplus `σ(x, t)` with `∂/∂x`, a drift `f(x, t)`,
 //!   and the drift-matching term built from them (the SDE experiment);
-//! - and the generic candle path of the plain step, for comparison.
+//! - the generic candle path of the plain step, for comparison;
+//! - `ode`: the ODE experiment's step (99 midpoint steps of the augmented CNF, backward, Adam),
+//!   through the generic solver with one fused op per evaluation and as one `engine::solve`.
 //!
 //! Each part is timed over many repetitions:
 //! `cargo run --release -p sde-variational --example engine_profile [reps]`.
