@@ -95,14 +95,20 @@ fn the_closed_form_chain_satisfies_the_identity_and_the_bounds() {
     }
 }
 
-#[test]
-fn the_grid_chain_matches_the_closed_form() -> Result<()> {
-    let device = Device::Cpu;
-    let full = |v: f64| Tensor::full(v, (1, 1), &device);
+/// The VP schedule of `LAMBDA` and the linear generative SDE built on it.
+fn linear_model() -> Result<(VpSchedule, LinearModel)> {
+    let full = |v: f64| Tensor::full(v, (1, 1), &Device::Cpu);
     let schedule = VpSchedule::new(full(LAMBDA.0)?, full(LAMBDA.1)?)?;
     let model = LinearModel {
         schedule: schedule.clone(),
     };
+    Ok((schedule, model))
+}
+
+#[test]
+fn the_grid_chain_matches_the_closed_form() -> Result<()> {
+    let device = Device::Cpu;
+    let (schedule, model) = linear_model()?;
     let config = ChainConfig {
         x_range: (-10.0, 10.0),
         ..ChainConfig::default()
@@ -159,10 +165,7 @@ fn the_grid_chain_matches_the_closed_form() -> Result<()> {
 fn bad_inputs_are_named_errors() -> Result<()> {
     let device = Device::Cpu;
     let full = |v: f64| Tensor::full(v, (1, 1), &device);
-    let schedule = VpSchedule::new(full(LAMBDA.0)?, full(LAMBDA.1)?)?;
-    let model = LinearModel {
-        schedule: schedule.clone(),
-    };
+    let (schedule, model) = linear_model()?;
     let config = ChainConfig {
         x_range: (-10.0, 10.0),
         n_cells: 60,
