@@ -8,10 +8,10 @@ use candle_core::{DType, Device, Tensor};
 use sde_core::{Diffusion, Drift, Noise};
 
 use crate::elbo::GenerativeSde;
-use crate::engine::value_and_tangents;
+use crate::engine::{value_and_tangents, values_and_tangents};
 use crate::error::{Error, Result};
 use crate::mlp::{Activation, Mlp, Time};
-use crate::process::DiffusionAt;
+use crate::process::{two, DiffusionAt};
 
 /// A generative SDE with drift `f = drift(x, t)` and diffusion `σ = sigma(x, t)` (softplus
 /// output, so `σ > 0`), both tanh MLPs with input `[x, t]` and one output.
@@ -75,8 +75,12 @@ impl NeuralSde {
     /// `(f, σ, ∂σ/∂x)` at rows `x` `(B, 1)` and times `t`: the one place the networks are
     /// evaluated.
     pub fn fields(&self, x: &Tensor, t: Time<'_>) -> Result<(Tensor, Tensor, Tensor)> {
-        let (f, _) = value_and_tangents(&self.drift, x, t, &[])?;
-        let (s, ds) = value_and_tangents(&self.sigma, x, t, &[0])?;
+        // Both networks at the same rows: one op, shared between the threads by cost.
+        let [(f, _), (s, ds)] = two(values_and_tangents(
+            &[(&self.drift, &[]), (&self.sigma, &[0])],
+            x,
+            t,
+        )?)?;
         let ds = ds
             .into_iter()
             .next()

@@ -49,7 +49,7 @@
 
 use candle_core::{DType, Tensor, Var};
 
-use crate::engine::value_and_tangents;
+use crate::engine::values_and_tangents;
 use crate::error::{Error, Result};
 use crate::likelihood::Likelihood;
 use crate::mlp::{Mlp, Time};
@@ -341,6 +341,18 @@ pub trait GaussianProcess: VariationalProcess<Marginal = GaussianMarginal> {}
 
 impl<P: VariationalProcess<Marginal = GaussianMarginal>> GaussianProcess for P {}
 
+/// The two results of a two-network evaluation.
+pub(crate) fn two<T>(v: Vec<T>) -> Result<[T; 2]> {
+    let n = v.len();
+    v.try_into().map_err(|_| {
+        Error::invalid(
+            "nets",
+            format!("{n} results"),
+            "an evaluation of two networks returns two",
+        )
+    })
+}
+
 /// The SDE experiment's variational process (`docs/REFERENCE.md` §2):
 ///
 /// ```text
@@ -416,6 +428,11 @@ impl NetworkGaussian {
         )?)
     }
 
+    /// `log β₁`, `(1, 1)` (the variable, where the process was built from one).
+    pub fn log_beta1(&self) -> &Tensor {
+        &self.log_beta1
+    }
+
     /// `β₁ = exp(log β₁)`, `(1, 1)`: the width of `q_1` and of the likelihood.
     pub fn beta1(&self) -> Result<Tensor> {
         Ok(self.log_beta1.exp()?)
@@ -461,8 +478,12 @@ impl VariationalProcess for NetworkGaussian {
             }
         }
         let dirs: &[usize] = if derivatives { &[1] } else { &[] };
-        let (av, ad) = value_and_tangents(&self.a, y, t, dirs)?;
-        let (bv, bd) = value_and_tangents(&self.b, y, t, dirs)?;
+        // A and B at the same rows: one op, each network on its own thread.
+        let [(av, ad), (bv, bd)] = two(values_and_tangents(
+            &[(&self.a, dirs), (&self.b, dirs)],
+            y,
+            t,
+        )?)?;
         if let (Time::Scalar(tv), false) = (t, derivatives) {
             if tv == 0.0 {
                 // α(y, 0) = A(y, 0), β(y, 0) = softplus(B(y, 0)): the prior end, without the

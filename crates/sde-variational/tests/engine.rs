@@ -12,7 +12,7 @@ use common::{rel_err, values};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sde_variational::engine::{
-    evaluate, set_parallel, supports, value_and_tangents, PARALLEL_MIN_BATCH,
+    evaluate, evaluate_group, set_parallel, supports, value_and_tangents, PARALLEL_MIN_BATCH,
 };
 use sde_variational::mlp::{with_time, Activation, Mlp, MlpConfig, Time};
 use sde_variational::{Error, Result};
@@ -406,5 +406,118 @@ fn bad_inputs_are_errors_naming_the_parameter() -> Result<()> {
     expect(evaluate(&linear, &x, Time::Scalar(0.5), &[0]), "mlp");
     let (v, d) = value_and_tangents(&linear, &x, Time::Scalar(0.5), &[0])?;
     assert_eq!((v.dims(), d[0].dims()), (&[5, 1][..], &[5, 1][..]));
+    Ok(())
+}
+
+#[test]
+fn a_group_equals_its_networks_evaluated_one_by_one() -> Result<()> {
+    // Two and three networks with different outputs and tangents, at per-row and scalar
+    // times, on one thread and two (where the second thread takes whole networks, or the
+    // rows of one network past the cost's half): the group's columns are the networks'
+    // outputs bit for bit, and every gradient agrees with the separate evaluations.
+    let varmap = VarMap::new();
+    let mut rng = StdRng::seed_from_u64(21);
+    let mut net = |widths: Vec<usize>, out, name: &str| {
+        Mlp::new(
+            &MlpConfig::new(widths, out),
+            &varmap,
+            name,
+            DType::F64,
+            &Device::Cpu,
+            &mut rng,
+        )
+    };
+    let f = net(vec![2, 9, 7, 1], Activation::Identity, "f")?;
+    let s = net(vec![2, 8, 8, 1], Activation::Softplus, "s")?;
+    let v = net(vec![2, 6, 2], Activation::Identity, "v")?;
+    let groups: [&[(&Mlp, &[usize])]; 3] = [
+        &[(&f, &[]), (&s, &[0])],
+        &[(&f, &[1]), (&s, &[1])],
+        &[(&s, &[0, 1]), (&f, &[]), (&v, &[1])],
+    ];
+    for batch in [3, 2 * PARALLEL_MIN_BATCH + 1] {
+        let x = Var::from_tensor(&uniform(batch, 2, -2.0, 2.0, DType::F64, &mut rng)?)?;
+        let t = Var::from_tensor(&uniform(batch, 1, 0.0, 1.0, DType::F64, &mut rng)?)?;
+        for group in groups {
+            for parallel in [false, true] {
+                set_parallel(parallel);
+                for time in [Time::PerSample(t.as_tensor()), Time::Scalar(0.3)] {
+                    let together = evaluate_group(group, x.as_tensor(), time)?;
+                    let apart = group
+                        .iter()
+                        .map(|&(n, d)| evaluate(n, x.as_tensor(), time, d))
+                        .collect::<Result<Vec<_>>>()?;
+                    let apart = Tensor::cat(&apart, 1)?;
+                    assert_eq!(values(&together)?, values(&apart)?);
+                    let weights = uniform(batch, apart.dim(1)?, -1.0, 1.0, DType::F64, &mut rng)?;
+                    let g1 = (together * &weights)?.sum_all()?.backward()?;
+                    let g2 = (apart * &weights)?.sum_all()?.backward()?;
+                    let mut tracked: Vec<&Tensor> = group.iter().map(|(n, _)| n.params()).collect();
+                    tracked.push(x.as_tensor());
+                    if matches!(time, Time::PerSample(_)) {
+                        tracked.push(t.as_tensor());
+                    }
+                    for v in tracked {
+                        let (a, b) = (
+                            g1.get(v).expect("a gradient"),
+                            g2.get(v).expect("a gradient"),
+                        );
+                        assert!(rel_err(a, b)? < 1e-13, "batch {batch}, parallel {parallel}");
+                    }
+                }
+            }
+        }
+    }
+    set_parallel(true);
+    Ok(())
+}
+
+#[test]
+fn a_group_rejects_networks_that_do_not_share_inputs() -> Result<()> {
+    let mk = |widths: Vec<usize>, dtype| {
+        Mlp::new(
+            &MlpConfig::new(widths, Activation::Identity),
+            &VarMap::new(),
+            "n",
+            dtype,
+            &Device::Cpu,
+            &mut StdRng::seed_from_u64(3),
+        )
+    };
+    let (two, three) = (
+        mk(vec![2, 4, 1], DType::F32)?,
+        mk(vec![3, 4, 1], DType::F32)?,
+    );
+    let two64 = mk(vec![2, 4, 1], DType::F64)?;
+    let x = Tensor::zeros((5, 2), DType::F32, &Device::Cpu)?;
+    let names = |r: Result<Tensor>| match r {
+        Err(Error::InvalidParameter { name, .. }) => name,
+        other => panic!("expected an error, got {other:?}"),
+    };
+    assert_eq!(names(evaluate_group(&[], &x, Time::Scalar(0.0))), "nets");
+    assert_eq!(
+        names(evaluate_group(
+            &[(&two, &[]), (&three, &[])],
+            &x,
+            Time::Scalar(0.0)
+        )),
+        "nets"
+    );
+    assert_eq!(
+        names(evaluate_group(
+            &[(&two, &[]), (&two64, &[])],
+            &x,
+            Time::Scalar(0.0)
+        )),
+        "nets"
+    );
+    assert_eq!(
+        names(evaluate_group(
+            &[(&two, &[]), (&two, &[2])],
+            &x,
+            Time::Scalar(0.0)
+        )),
+        "dirs"
+    );
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! The kernels of [`FusedMlp`](super::FusedMlp): forward and backward of one block of rows,
-//! in plain loops and `matrixmultiply` GEMMs, for `f32` and `f64`.
+//! in plain loops and `gemm` GEMMs, for `f32` and `f64`.
 //!
 //! Parameter layout (the flat vector of [`Mlp::params`](crate::Mlp::params)): for each affine
 //! layer in order, its weight `(out, in)` row-major, then its bias `(out,)`.
@@ -23,14 +23,16 @@ use candle_core::WithDType;
 use super::gemm::{gemm, GemmSlices, Strided};
 use crate::simd::{wide, Kernel};
 
-/// Recycled tapes are kept up to this many bytes per dtype: enough for the 198 evaluations of
+/// Recycled tapes are kept up to this many bytes per dtype and thread: enough for the 198 evaluations of
 /// a training step of the ODE experiment (about 32 MB).
 const POOL_BYTES: usize = 64 << 20;
 
-/// Tape buffers returned after use. A training step allocates one tape per evaluation and
-/// frees them all in its backward pass; through the allocator, that memory went back to the
-/// system and came back zeroed page by page every step (page faults and TLB shootdowns
-/// cost more than a tenth of the step), so it is kept here instead.
+/// Tape buffers returned after use, one pool per thread. A training step allocates one tape
+/// per evaluation and frees them all in its backward pass; through the allocator, that memory
+/// went back to the system and came back zeroed page by page every step (page faults and TLB
+/// shootdowns cost more than a tenth of the step), so it is kept here instead. Per thread,
+/// because a network's block runs on the same thread forward and backward: its tape's next
+/// use is in that core's cache rather than the other's.
 struct Pool<T> {
     buffers: Vec<Vec<T>>,
     bytes: usize,
@@ -73,8 +75,10 @@ impl<T: Real> Pool<T> {
     }
 }
 
-static POOL_F32: Mutex<Pool<f32>> = Mutex::new(Pool::new());
-static POOL_F64: Mutex<Pool<f64>> = Mutex::new(Pool::new());
+thread_local! {
+    static POOL_F32: Mutex<Pool<f32>> = const { Mutex::new(Pool::new()) };
+    static POOL_F64: Mutex<Pool<f64>> = const { Mutex::new(Pool::new()) };
+}
 
 /// The values the kernels are written for: `f32` and `f64`.
 pub(crate) trait Real:
@@ -145,10 +149,10 @@ impl Real for f32 {
         SCRATCH_F32.with(|cell| with_cell(cell, n, f))
     }
     fn buffer(len: usize) -> Vec<Self> {
-        Pool::take(&POOL_F32, len)
+        POOL_F32.with(|p| Pool::take(p, len))
     }
     fn recycle(v: Vec<Self>) {
-        Pool::put(&POOL_F32, v)
+        POOL_F32.with(|p| Pool::put(p, v))
     }
 }
 
@@ -180,10 +184,10 @@ impl Real for f64 {
         SCRATCH_F64.with(|cell| with_cell(cell, n, f))
     }
     fn buffer(len: usize) -> Vec<Self> {
-        Pool::take(&POOL_F64, len)
+        POOL_F64.with(|p| Pool::take(p, len))
     }
     fn recycle(v: Vec<Self>) {
-        Pool::put(&POOL_F64, v)
+        POOL_F64.with(|p| Pool::put(p, v))
     }
 }
 
@@ -436,6 +440,29 @@ impl<T: Real> Net<'_, T> {
         let nb = gout.len() / self.out_width();
         let mut gx = vec![T::ZERO; nb * self.n_in()];
         let mut gp = vec![T::ZERO; self.params.len()];
+        self.backward_block_into(x, tape, gout, &mut gx, &mut gp)?;
+        Ok((gx, gp))
+    }
+
+    /// [`backward_block`](Self::backward_block), adding the gradients to `gx` (`nb × n_in`)
+    /// and `gp` (the parameters' length) in place: no buffers of its own.
+    pub(crate) fn backward_block_into(
+        &self,
+        x: &[T],
+        tape: Option<&[T]>,
+        gout: &[T],
+        gx: &mut [T],
+        gp: &mut [T],
+    ) -> candle_core::Result<()> {
+        let nb = gout.len() / self.out_width();
+        if gx.len() != nb * self.n_in() || gp.len() != self.params.len() {
+            candle_core::bail!(
+                "fused_mlp: gradient buffers of {} and {} values for {nb} rows and {} parameters",
+                gx.len(),
+                gp.len(),
+                self.params.len()
+            );
+        }
         let bwd = self.backward_scratch_len(nb);
         match tape {
             Some(tape) => T::with_scratch(bwd, |scratch| {
@@ -443,8 +470,8 @@ impl<T: Real> Net<'_, T> {
                     net: self,
                     tape,
                     gout,
-                    gx: &mut gx,
-                    gp: &mut gp,
+                    gx: &mut *gx,
+                    gp: &mut *gp,
                     scratch,
                 })
             })?,
@@ -472,14 +499,14 @@ impl<T: Real> Net<'_, T> {
                         net: self,
                         tape,
                         gout,
-                        gx: &mut gx,
-                        gp: &mut gp,
+                        gx: &mut *gx,
+                        gp: &mut *gp,
                         scratch,
                     })
                 })?
             }
         }
-        Ok((gx, gp))
+        Ok(())
     }
 
     /// Fills the tape (whose first `nb n_in` entries hold the inputs) and `out`.
