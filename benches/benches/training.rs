@@ -6,9 +6,10 @@
 //! - `train_step_mlp`: one plain evaluation at one time per row and a squared error (the
 //!   flow-matching shape, docs/REFERENCE.md §4). Reference PyTorch: 0.71 ms; candle's generic path
 //!   about 0.42 ms.
-//! - `train_step_sde`: the SDE shape (docs/REFERENCE.md §2): the networks `A(y, t)`, `B(y, t)` with
-//!   `∂/∂t` tangents, the softplus diffusion `σ(x, t)` with `∂/∂x`, the drift `f(x, t)`, and the
-//!   drift-matching term built from them. Reference PyTorch: 3.9 ms.
+//! - `train_step_sde`: the SDE experiment's step (docs/REFERENCE.md §2) as it trains: the
+//!   networks `A`, `B` at `(y, t)` with `∂/∂t` and at `(y, 0)`, the drift and the softplus
+//!   diffusion at `(x, t)` with `∂σ/∂x`, the ELBO's three terms, backward, Adam. Reference
+//!   PyTorch: 3.9 ms.
 //!
 //! `cargo xtask bench` reports them as `train_step_{ode,mlp,sde}_ms` in `summary.json`.
 
@@ -18,7 +19,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use criterion::{criterion_main, Criterion, Throughput};
 use rand::{Rng, SeedableRng};
-use sde_experiments::{ode, Dataset, TrainRng};
+use sde_experiments::train::Objective;
+use sde_experiments::{ode, sde, Dataset, TrainRng};
 use sde_variational::engine::value_and_tangents;
 use sde_variational::optim::{sorted_vars, Adam, AdamConfig};
 use sde_variational::{Activation, Mlp, MlpConfig, Time};
@@ -105,51 +107,33 @@ fn mlp_step(c: &mut Criterion) {
     group.finish();
 }
 
-/// The SDE experiment's drift-matching term (docs/MATH.md §4–5) with the reference
-/// parameterisation: `α = t y + (1 − t) A`, `β = t β₁ + (1 − t) softplus(B)`, `x = α + β ε`,
-/// `f_q = ∂α/∂t + (∂β/∂t / β)(x − α) + ½ ∂σ²/∂x − ½ σ² (x − α)/β²`, loss `(f − f_q)² / 2σ²`.
+/// The SDE experiment's training step (docs/REFERENCE.md §2) as `cargo xtask reproduce` runs
+/// it: its objective's loss (the SDE ELBO's three terms through
+/// `sde_variational::network_elbo`: three engine group evaluations and three fused ops), the
+/// backward pass and Adam, on a batch of the paper's data with fresh `(t, ε)` draws.
 fn sde_step(c: &mut Criterion) {
+    let config = sde::SdeConfig::reference();
+    let model = sde::build_model(&config, &Device::Cpu).expect("the reference SDE model");
+    let mut objective = sde::SdeObjective {
+        model,
+        val_draws: config.train_val_draws,
+    };
+    let mut opt = Adam::new(objective.parameters(), config.train.adam).expect("Adam");
+    let data = Dataset::paper(0);
+    let batch: Vec<f64> = data.train[..BATCH].to_vec();
+    let batch = Tensor::from_vec(batch, (BATCH, 1), &Device::Cpu)
+        .and_then(|b| b.to_dtype(DType::F32))
+        .expect("a batch");
     let mut rng = TrainRng::seed_from_u64(2);
-    let vars = VarMap::new();
-    let a = net(&vars, "alpha", Activation::Identity, &mut rng);
-    let bnet = net(&vars, "beta", Activation::Softplus, &mut rng);
-    let sigma = net(&vars, "sigma", Activation::Softplus, &mut rng);
-    let f = net(&vars, "drift", Activation::Identity, &mut rng);
-    let (y, t, eps) = (
-        column(&mut rng, -8.0, 8.0),
-        column(&mut rng, 0.0, 1.0),
-        column(&mut rng, -2.0, 2.0),
-    );
-    let beta1 = 0.1f64;
-    let mut opt = adam(&vars, 1e-3);
-    let step = |opt: &mut Adam| -> candle_core::Result<()> {
-        let one_minus_t = t.affine(-1.0, 1.0)?;
-        let (av, ad) = value_and_tangents(&a, &y, Time::PerSample(&t), &[1]).map_err(err)?;
-        let (bv, bd) = value_and_tangents(&bnet, &y, Time::PerSample(&t), &[1]).map_err(err)?;
-        let alpha = ((&t * &y)? + (&one_minus_t * &av)?)?;
-        let beta = ((&t * beta1)? + (&one_minus_t * &bv)?)?;
-        let dalpha = ((&y - &av)? + (&one_minus_t * &ad[0])?)?;
-        let dbeta = (bv.affine(-1.0, beta1)? + (&one_minus_t * &bd[0])?)?;
-        let x = (&alpha + (&beta * &eps)?)?;
-        let (s, sd) = value_and_tangents(&sigma, &x, Time::PerSample(&t), &[0]).map_err(err)?;
-        let (fv, _) = value_and_tangents(&f, &x, Time::PerSample(&t), &[]).map_err(err)?;
-        let s2 = s.sqr()?;
-        let dev = (&x - &alpha)?;
-        let fq = ((&dalpha + (&dbeta * &eps)?)? + (&s * &sd[0])?)?
-            .sub(&((&s2 * &dev)? / (&beta.sqr()? * 2.0)?)?)?;
-        let loss = ((fv - fq)?.sqr()? / (s2 * 2.0)?)?.mean_all()?;
-        opt.step(&loss.backward()?)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let mut step = || -> sde_experiments::Result<()> {
+        let out = objective.loss(&batch, &mut rng)?;
+        opt.step(&out.loss.backward()?)?;
         Ok(())
     };
     let mut group = c.benchmark_group("train_step_sde");
     group.throughput(Throughput::Elements(1));
-    group.bench_function("batch125", |b| b.iter(|| step(&mut opt).expect("step")));
+    group.bench_function("batch125", |b| b.iter(|| step().expect("step")));
     group.finish();
-}
-
-fn err(e: sde_variational::Error) -> candle_core::Error {
-    candle_core::Error::Msg(e.to_string())
 }
 
 /// The Criterion entry point, in a private module: the macro's `pub fn` carries no docs.

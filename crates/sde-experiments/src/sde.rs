@@ -13,6 +13,7 @@ use rand_distr::StandardNormal;
 use sde_variational::elbo::elbo_rule;
 use sde_variational::elbo::{diffusion_term, sde_elbo};
 use sde_variational::flow::{SinhArcsinh, SinhArcsinhMarginal};
+use sde_variational::network_elbo::{network_gaussian_diffusion, network_gaussian_elbo};
 use sde_variational::optim::{sorted_vars, AdamConfig, WeightDecay};
 use sde_variational::{
     Activation, FlowMarginal, GaussianLikelihood, GaussianMarginal, GenerativeSde, Likelihood, Mlp,
@@ -378,14 +379,23 @@ pub fn evaluate_elbo(
 ) -> Result<ElboEstimate> {
     let sde = model.sde.detached()?;
     let delta = model.process.beta1()?.detach();
-    evaluate_process_elbo(
-        &model.variational_detached()?,
-        &sde,
-        &delta,
-        data,
-        draws,
-        rng,
-    )
+    match &model.shape {
+        // The paper's model: its drift-matching term through the fused path.
+        None => {
+            let process = model.process.detached()?;
+            estimate_elbo(&process, &delta, data, draws, rng, |y, t, eps| {
+                Ok(network_gaussian_diffusion(&process, &sde, y, t, eps)?)
+            })
+        }
+        Some(_) => evaluate_process_elbo(
+            &model.variational_detached()?,
+            &sde,
+            &delta,
+            data,
+            draws,
+            rng,
+        ),
+    }
 }
 
 /// The SDE ELBO of `data` `(n, 1)` for any variational `process`, generative `model` and
@@ -399,6 +409,20 @@ pub fn evaluate_process_elbo<P: VariationalProcess, G: GenerativeSde>(
     data: &Tensor,
     draws: usize,
     rng: &mut TrainRng,
+) -> Result<ElboEstimate> {
+    estimate_elbo(process, delta, data, draws, rng, |y, t, eps| {
+        Ok(diffusion_term(process, sde, y, t, eps)?)
+    })
+}
+
+/// [`evaluate_process_elbo`] with the drift-matching term per row from `diffusion(y, t, ε)`.
+fn estimate_elbo<P: VariationalProcess>(
+    process: &P,
+    delta: &Tensor,
+    data: &Tensor,
+    draws: usize,
+    rng: &mut TrainRng,
+    diffusion: impl Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>,
 ) -> Result<ElboEstimate> {
     let (n, dtype, device) = (data.dim(0)?, data.dtype(), data.device().clone());
     let likelihood = GaussianLikelihood::new(delta.clone())?;
@@ -418,7 +442,7 @@ pub fn evaluate_process_elbo<P: VariationalProcess, G: GenerativeSde>(
         kl += host(&q0.kl_to_standard_normal(rule)?)?.iter().sum::<f64>();
         for k in 0..draws {
             let (t, eps) = draw_t_eps(rng, len, Some((k, draws)), dtype, &device)?;
-            let d = host(&diffusion_term(process, sde, &y, &t, &eps)?)?;
+            let d = host(&diffusion(&y, &t, &eps)?)?;
             for (i, v) in d.into_iter().enumerate() {
                 diff_sum[start + i] += v;
                 diff_sq[start + i] += v * v;
@@ -468,15 +492,18 @@ impl Objective for SdeObjective {
 
     fn loss(&mut self, batch: &Tensor, rng: &mut TrainRng) -> Result<BatchLoss> {
         let (t, eps) = draw_t_eps(rng, batch.dim(0)?, None, batch.dtype(), batch.device())?;
-        let delta = self.model.process.beta1()?;
-        let terms = sde_elbo(
-            &self.model.variational()?,
-            &self.model.sde,
-            batch,
-            &t,
-            &eps,
-            &GaussianLikelihood::new(delta)?,
-        )?;
+        let terms = match &self.model.shape {
+            // The paper's model: the fused path (the same terms, a few ops instead of seventy).
+            None => network_gaussian_elbo(&self.model.process, &self.model.sde, batch, &t, &eps)?,
+            Some(_) => sde_elbo(
+                &self.model.variational()?,
+                &self.model.sde,
+                batch,
+                &t,
+                &eps,
+                &GaussianLikelihood::new(self.model.process.beta1()?)?,
+            )?,
+        };
         let loss = terms.elbo()?.mean_all()?.neg()?;
         Ok(BatchLoss {
             loss,

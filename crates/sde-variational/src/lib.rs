@@ -62,6 +62,7 @@ pub mod flow_matching;
 pub mod likelihood;
 pub mod mixture;
 pub mod mlp;
+pub mod network_elbo;
 pub mod neural_sde;
 pub mod optim;
 pub mod process;
