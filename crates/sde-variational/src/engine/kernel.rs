@@ -1,5 +1,5 @@
 //! The kernels of [`FusedMlp`](super::FusedMlp): forward and backward of one block of rows,
-//! in plain loops and `gemm` GEMMs, for `f32` and `f64`.
+//! in plain loops and `matrixmultiply` GEMMs, for `f32` and `f64`.
 //!
 //! Parameter layout (the flat vector of [`Mlp::params`](crate::Mlp::params)): for each affine
 //! layer in order, its weight `(out, in)` row-major, then its bias `(out,)`.

@@ -57,8 +57,7 @@
 //!
 //! # Performance
 //!
-//! The GEMMs go through the `gemm` crate (AVX2/FMA or AVX-512 kernels chosen at run time;
-//! 20–30% faster than `matrixmultiply` at these shapes: 125×64×64 in 13.4 µs against 16.6 µs),
+//! The GEMMs go through `matrixmultiply` (AVX2/FMA or AVX-512 kernels chosen at run time),
 //! the element-wise work is plain loops with a vectorisable `f32` tanh ([`fast_tanh`]). The
 //! forward pass keeps its activations (the "tape") for the backward pass when the result will
 //! be differentiated; tapes are recycled through a bounded pool per thread, so that a thread
@@ -219,16 +218,16 @@ pub fn evaluate(mlp: &Mlp, xs: &Tensor, t: Time<'_>, dirs: &[usize]) -> Result<T
 /// [`evaluate`] rows side by side, in order.
 ///
 /// The paper's losses evaluate networks in pairs at the same rows (the variational process's
-/// `A` and `B` at `(y, t)`, the generative SDE's drift and diffusion at `(x, t)`). In one op,
-/// the two threads of a large enough batch ([`set_parallel`]) share the work by its cost, in
-/// order: the first thread takes whole networks while it is below half the work, then the
-/// rows of the network that crosses it, the second thread the rest; two networks of equal
-/// cost each get their own thread. A value row counts two units of work and a tangent row
-/// one (the GEMM is shared, the `tanh` is the value row's only). Splitting by network rather
-/// than by rows keeps each thread's tapes its own from the forward pass to the backward pass
-/// and halves the number of hand-overs; for `A` and `B` with `∂/∂t` at 125 rows, forward and
-/// backward took 232–243 µs this way against 338–348 µs with each network's rows split
-/// between the threads (and 423–458 µs on one thread).
+/// `A` and `B` at `(y, t)`, the generative SDE's drift and diffusion at `(x, t)`). As one op,
+/// a pair's outputs are one tensor that a fused loss (`crate::network_elbo`) reads whole, with
+/// no slicing ops and their backward passes. The two threads of a large enough batch
+/// ([`set_parallel`]) share the work by its cost, in order: the first thread takes whole
+/// networks while it is below half the work, then the rows of the network that crosses it,
+/// the second thread the rest; two networks of equal cost each get their own thread. A value
+/// row counts two units of work and a tangent row one (the GEMM is shared, the `tanh` is the
+/// value row's only). Each network's block then stays on one thread from the forward pass to
+/// the backward pass, with half the hand-overs of splitting each network's rows (on this VM
+/// the two were within the run-to-run noise for `A` and `B` at 125 rows).
 ///
 /// The forward pass keeps its activations for the backward pass whenever `xs`, a per-row `t`
 /// or a network's parameters are tracked by autograd; evaluate [`Mlp::detached`] networks on
