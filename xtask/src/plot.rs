@@ -76,16 +76,26 @@ pub struct Curve {
     pub points: Vec<(f64, f64)>,
     /// Line colour as RGB.
     pub color: (u8, u8, u8),
+    /// Line width in pixels (2 unless set).
+    pub width: u32,
 }
 
 impl Curve {
-    /// A curve with the given legend label, points and RGB colour.
+    /// A curve with the given legend label, points and RGB colour, 2 pixels wide.
     pub fn new(label: impl Into<String>, points: Vec<(f64, f64)>, color: (u8, u8, u8)) -> Self {
         Self {
             label: label.into(),
             points,
             color,
+            width: 2,
         }
+    }
+
+    /// The same curve `width` pixels wide: a thin line drawn last stays visible on top of a
+    /// wider one it coincides with.
+    pub fn with_width(mut self, width: u32) -> Self {
+        self.width = width;
+        self
     }
 }
 
@@ -473,7 +483,7 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, s: &Scene<'_>) -> Resu
     }
 
     for c in s.curves {
-        let style = rgb(c.color).stroke_width(2);
+        let style = rgb(c.color).stroke_width(c.width);
         let mut pieces = visible_pieces(&c.points, s.x, s.y);
         if pieces.is_empty() {
             pieces.push(Vec::new()); // still gets its legend entry

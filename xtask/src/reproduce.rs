@@ -1341,9 +1341,11 @@ fn add_exact(
                         .collect(),
                     (120, 120, 120),
                 ),
-                Curve::new("log p(y)", curve(|p| p.log_likelihood), (40, 40, 40)),
-                Curve::new("ELBO_ODE", curve(|p| p.elbo_ode), (30, 90, 180)),
-                Curve::new("ELBO_SDE", curve(|p| p.elbo_sde), (200, 40, 40)),
+                // Lowest bound first, log p(y) last and thin: where the bounds are tight the
+                // curves coincide, and each stays visible inside the one drawn before it.
+                Curve::new("ELBO_SDE", curve(|p| p.elbo_sde), (200, 40, 40)).with_width(5),
+                Curve::new("ELBO_ODE", curve(|p| p.elbo_ode), (30, 90, 180)).with_width(3),
+                Curve::new("log p(y)", curve(|p| p.log_likelihood), (20, 20, 20)).with_width(1),
             ],
         )?;
         rep.figures.push(file_name(&path));
