@@ -136,9 +136,9 @@ fn fused_diffusion(
     let (a, b) = (process.a(), process.b());
     let g_t = evaluate_group(&[(a, &[1]), (b, &[1])], y, Time::PerSample(t))?;
     let head = Head {
-        y: host(y)?,
-        t: host(t)?,
-        eps: host(eps)?,
+        y: values(y)?,
+        t: values(t)?,
+        eps: values(eps)?,
     };
     let h = g_t.apply_op2(process.log_beta1(), head)?;
     let fs = evaluate_group(
@@ -355,11 +355,6 @@ impl CustomOp1 for PriorKl {
             .collect();
         tracked(g_0, grad)
     }
-}
-
-/// `f64` copies of a tensor's values, row-major.
-fn host(t: &Tensor) -> Result<Vec<f64>> {
-    Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
 }
 
 /// A storage's values as `f64`, in the row-major order of its (2-D) layout.
