@@ -8,13 +8,14 @@
 //! cost (about half a microsecond forward and two to three backward, where each gradient is
 //! accumulated into a fresh zero tensor) does not shrink with the batch: a whole step at batch
 //! 16, mostly that overhead, took 462 µs through the generic path and 286 µs through this one
-//! (one thread, same run). Here the same terms take six ops:
+//! (one thread, same run). Here the same terms take eight ops, two of them for the
+//! reconstruction term, which is a constant per batch:
 //!
 //! ```text
 //! [A, ∂A/∂t, B̃, ∂B̃/∂t]  = engine(A, B at (y, t), ∂/∂t)          B̃ = softplus(B)
 //! [A₀, B̃₀]               = engine(A, B at (y, 0))
 //! [x, v, s]              = head(…, log β₁)     α = t y + (1 − t) A,  β = t β₁ + (1 − t) B̃,
-//!                          x = α + β ε,  v = ∂α/∂t + ∂β/∂t ε,  s = −ε/β   (MATH.md §5)
+//!                          x = α + β ε,  v = ∂α/∂t + ∂β/∂t ε,  s = −ε/β   (docs/MATH.md §5)
 //! [f, σ, ∂σ/∂x]          = engine(f, σ at (x, t), ∂/∂x)
 //! diffusion              = (f − f_q)² / 2σ²,   f_q = v + σ ∂σ/∂x + ½ σ² s   (½ ∂σ²/∂x = σ ∂σ/∂x)
 //! prior_kl               = ½ (A₀² + B̃₀² − 1 − log B̃₀²)
