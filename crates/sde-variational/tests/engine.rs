@@ -181,6 +181,7 @@ fn engine_equals_the_generic_path_outputs_and_gradients() -> Result<()> {
 
 #[test]
 fn scalar_time_equals_a_constant_time_column() -> Result<()> {
+    let _switch = common::parallel_switch();
     for dtype in [DType::F64, DType::F32] {
         let case = &CASES[4];
         let net = mlp(case, dtype, 3)?;
@@ -321,6 +322,7 @@ fn tangents_and_gradients_match_finite_differences() -> Result<()> {
 
 #[test]
 fn two_threads_and_one_agree_and_repeat_bit_identically() -> Result<()> {
+    let _switch = common::parallel_switch();
     let case = &CASES[2];
     let net = mlp(case, DType::F32, 5)?;
     let mut rng = StdRng::seed_from_u64(5);
@@ -353,6 +355,7 @@ fn two_threads_and_one_agree_and_repeat_bit_identically() -> Result<()> {
 
 #[test]
 fn a_second_backward_pass_recomputes_and_agrees() -> Result<()> {
+    let _switch = common::parallel_switch();
     // The first backward pass consumes the tape; the second must recompute, not reuse it.
     let case = &CASES[4];
     let net = mlp(case, DType::F64, 8)?;
@@ -363,7 +366,10 @@ fn a_second_backward_pass_recomputes_and_agrees() -> Result<()> {
         .sqr()?
         .sum_all()?;
     let g1 = values(loss.backward()?.get(net.params()).expect("tracked"))?;
+    // The recomputation follows the forward pass's split even if the switch changed since.
+    set_parallel(false);
     let g2 = values(loss.backward()?.get(net.params()).expect("tracked"))?;
+    set_parallel(true);
     assert_eq!(g1, g2);
     // A detached network builds no graph and keeps no tape.
     let out = evaluate(&net.detached()?, &x, Time::PerSample(&t), case.dirs)?;
@@ -411,6 +417,7 @@ fn bad_inputs_are_errors_naming_the_parameter() -> Result<()> {
 
 #[test]
 fn a_group_equals_its_networks_evaluated_one_by_one() -> Result<()> {
+    let _switch = common::parallel_switch();
     // Two and three networks with different outputs and tangents, at per-row and scalar
     // times, on one thread and two (where the second thread takes whole networks, or the
     // rows of one network past the cost's half): the group's columns are the networks'

@@ -73,7 +73,7 @@ mod worker;
 
 use std::any::Any;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use candle_core::{
     CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor,
@@ -301,6 +301,7 @@ pub fn evaluate_group(nets: &[(&Mlp, &[usize])], xs: &Tensor, t: Time<'_>) -> Re
         time: None,
         keep: true,
         tape: Mutex::new(None),
+        forward_shares: OnceLock::new(),
     };
     match t {
         Time::Scalar(t) => {
@@ -416,6 +417,9 @@ pub struct FusedMlp {
     time: Option<f64>,
     keep: bool,
     tape: Mutex<Option<Tape>>,
+    /// The forward pass's pieces, for a backward pass that must recompute (its tape used up):
+    /// the same split gives the same sums whatever [`parallel`] says by then.
+    forward_shares: OnceLock<Vec<Vec<Piece>>>,
 }
 
 impl std::fmt::Debug for FusedMlp {
@@ -656,6 +660,8 @@ impl FusedMlp {
             tapes.extend(tape);
         }
         if self.keep {
+            // Applied once per op value, so this is the first and only set.
+            let _ = self.forward_shares.set(shares.clone());
             *self.tape.lock().unwrap_or_else(PoisonError::into_inner) = Some(Tape {
                 shares,
                 blocks: Box::new(tapes),
@@ -699,7 +705,13 @@ impl FusedMlp {
                     Err(_) => (shares, Vec::new()),
                 }
             }
-            None => (self.schedule(batch), Vec::new()),
+            None => (
+                self.forward_shares
+                    .get()
+                    .cloned()
+                    .unwrap_or_else(|| self.schedule(batch)),
+                Vec::new(),
+            ),
         };
         // A tape is used only if it was recorded for these very inputs (one op value applied
         // twice would otherwise hand one call's tape to the other's backward pass).

@@ -30,7 +30,7 @@
 //! finite differences.
 
 use std::any::Any;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Storage, Tensor};
 use sde_solvers::{ButcherTableau, OdeMethod, TimeGrid};
@@ -111,6 +111,7 @@ pub fn solve(
         steps: grid.steps().collect(),
         keep: start.track_op() || params.track_op(),
         tape: Mutex::new(None),
+        forward_split: OnceLock::new(),
     };
     let end = start.apply_op2(params, op)?;
     if let Some(i) = sde_core::Vector::first_non_finite(&end)? {
@@ -133,6 +134,9 @@ struct FusedSolve {
     steps: Vec<(f64, f64)>,
     keep: bool,
     tape: Mutex<Option<SolveTape>>,
+    /// The forward pass's split, for a backward pass that must recompute (its tapes used up):
+    /// the same split gives the same sums whatever [`parallel`](super::parallel) says by then.
+    forward_split: OnceLock<Option<usize>>,
 }
 
 /// What a block of rows keeps for its backward pass: its start rows (to recognise the inputs)
@@ -344,6 +348,7 @@ impl FusedSolve {
             blocks.push((first1, tapes1));
         }
         if keep {
+            let _ = self.forward_split.set(split);
             let blocks: Vec<BlockTape<T>> = blocks
                 .into_iter()
                 .map(|(start, evals)| BlockTape {
@@ -380,7 +385,11 @@ impl FusedSolve {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        let split = kept.as_ref().map_or(split_point(batch), |k| k.split);
+        let split = match (&kept, self.forward_split.get()) {
+            (Some(k), _) => k.split,
+            (None, Some(&split)) => split,
+            (None, None) => split_point(batch),
+        };
         let bounds: Vec<(usize, usize)> = match split {
             Some(b0) => vec![(0, b0), (b0, batch)],
             None => vec![(0, batch)],

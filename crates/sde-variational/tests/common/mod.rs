@@ -9,6 +9,15 @@ use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use sde_variational::{Activation, Mlp, MlpConfig, NetworkGaussian, NeuralSde, Result};
 
+/// Serialises the tests of one binary that set the engine's process-wide two-thread switch
+/// (`engine::set_parallel`) or compare two evaluations bit for bit: tests run concurrently, and
+/// one test's switch would otherwise change another's split between the two runs it compares.
+pub fn parallel_switch() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The entries of `t` as `f64`s.
 pub fn values(t: &Tensor) -> Result<Vec<f64>> {
     Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?)
