@@ -417,8 +417,9 @@ pub struct FusedMlp {
     time: Option<f64>,
     keep: bool,
     tape: Mutex<Option<Tape>>,
-    /// The forward pass's pieces, for a backward pass that must recompute (its tape used up):
-    /// the same split gives the same sums whatever [`parallel`] says by then.
+    /// The forward pass's pieces, which its backward passes follow (a second one recomputes,
+    /// its tape used up): the same split gives the same sums whatever [`parallel`] says by
+    /// then.
     forward_shares: OnceLock<Vec<Vec<Piece>>>,
 }
 
@@ -661,9 +662,8 @@ impl FusedMlp {
         }
         if self.keep {
             // Applied once per op value, so this is the first and only set.
-            let _ = self.forward_shares.set(shares.clone());
+            let _ = self.forward_shares.set(shares);
             *self.tape.lock().unwrap_or_else(PoisonError::into_inner) = Some(Tape {
-                shares,
                 blocks: Box::new(tapes),
             });
         }
@@ -696,22 +696,18 @@ impl FusedMlp {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        let (shares, tapes) = match kept {
+        // The forward pass's split, whether its tapes are still here or not.
+        let shares = self
+            .forward_shares
+            .get()
+            .cloned()
+            .unwrap_or_else(|| self.schedule(batch));
+        let tapes: Vec<Vec<T>> = match kept {
             Some(mut kept) => {
                 let blocks = std::mem::replace(&mut kept.blocks, Box::new(()));
-                let shares = std::mem::take(&mut kept.shares);
-                match blocks.downcast::<Vec<Vec<T>>>() {
-                    Ok(tapes) => (shares, *tapes),
-                    Err(_) => (shares, Vec::new()),
-                }
+                blocks.downcast().map(|b| *b).unwrap_or_default()
             }
-            None => (
-                self.forward_shares
-                    .get()
-                    .cloned()
-                    .unwrap_or_else(|| self.schedule(batch)),
-                Vec::new(),
-            ),
+            None => Vec::new(),
         };
         // A tape is used only if it was recorded for these very inputs (one op value applied
         // twice would otherwise hand one call's tape to the other's backward pass).
@@ -954,10 +950,9 @@ impl CustomOp3 for FusedMlp {
     }
 }
 
-/// The kept forward activations of one evaluation: one tape per block of rows
-/// (`Vec<Vec<T>>`, type-erased over the dtype) and the pieces of each thread they belong to.
+/// The kept forward activations of one evaluation: one tape per piece, in the order of the
+/// forward pass's pieces (`Vec<Vec<T>>`, type-erased over the dtype).
 struct Tape {
-    shares: Vec<Vec<Piece>>,
     blocks: Box<dyn Any + Send>,
 }
 

@@ -134,8 +134,9 @@ struct FusedSolve {
     steps: Vec<(f64, f64)>,
     keep: bool,
     tape: Mutex<Option<SolveTape>>,
-    /// The forward pass's split, for a backward pass that must recompute (its tapes used up):
-    /// the same split gives the same sums whatever [`parallel`](super::parallel) says by then.
+    /// The forward pass's split, which its backward passes follow (a second one recomputes, its
+    /// tapes used up): the same split gives the same sums whatever
+    /// [`parallel`](super::parallel) says by then.
     forward_split: OnceLock<Option<usize>>,
 }
 
@@ -152,11 +153,8 @@ impl<T: Real> Drop for BlockTape<T> {
     }
 }
 
-/// The blocks' tapes (`Vec<BlockTape<T>>`, type-erased over the dtype) and the split.
-struct SolveTape {
-    split: Option<usize>,
-    blocks: Box<dyn Any + Send>,
-}
+/// The blocks' tapes, `Vec<BlockTape<T>>` type-erased over the dtype.
+type SolveTape = Box<dyn Any + Send>;
 
 /// Everything a thread needs to integrate a block of rows, owned so it can cross threads.
 #[derive(Clone)]
@@ -356,10 +354,7 @@ impl FusedSolve {
                     evals,
                 })
                 .collect();
-            *self.tape.lock().unwrap_or_else(PoisonError::into_inner) = Some(SolveTape {
-                split,
-                blocks: Box::new(blocks),
-            });
+            *self.tape.lock().unwrap_or_else(PoisonError::into_inner) = Some(Box::new(blocks));
         }
         Ok((T::to_cpu_storage_owned(s), Shape::from(sl.dims())))
     }
@@ -385,17 +380,18 @@ impl FusedSolve {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        let split = match (&kept, self.forward_split.get()) {
-            (Some(k), _) => k.split,
-            (None, Some(&split)) => split,
-            (None, None) => split_point(batch),
-        };
+        // The forward pass's split, whether its tapes are still here or not.
+        let split = self
+            .forward_split
+            .get()
+            .copied()
+            .unwrap_or_else(|| split_point(batch));
         let bounds: Vec<(usize, usize)> = match split {
             Some(b0) => vec![(0, b0), (b0, batch)],
             None => vec![(0, batch)],
         };
         // A block's tapes are used only if they were recorded from these very start rows.
-        let mut kept: Vec<Option<Vec<Vec<T>>>> = match kept.map(|k| k.blocks.downcast()) {
+        let mut kept: Vec<Option<Vec<Vec<T>>>> = match kept.map(|k| k.downcast()) {
             Some(Ok(blocks)) => {
                 let blocks: Vec<BlockTape<T>> = *blocks;
                 blocks
