@@ -14,7 +14,7 @@
 
 use candle_core::Tensor;
 
-use crate::error::{Error, Result};
+use crate::error::{column_rows, Error, Result};
 use crate::mlp::Time;
 use std::sync::OnceLock;
 
@@ -76,6 +76,22 @@ pub fn diffusion_term<P: VariationalProcess, G: GenerativeSde>(
     Ok(((f - fq)?.sqr()? / &d.sigma2)?.affine(0.5, 0.0)?)
 }
 
+/// Checks that the data `y` is `(B, 1)` and the times `t` and noises `eps` are shaped like it;
+/// returns `B`.
+pub(crate) fn check_rows(y: &Tensor, t: &Tensor, eps: &Tensor) -> Result<usize> {
+    let batch = column_rows("y", y)?;
+    for (name, v) in [("t", t), ("eps", eps)] {
+        if v.dims() != [batch, 1] {
+            return Err(Error::invalid(
+                name,
+                format!("shape {:?} for data of shape {:?}", v.dims(), y.dims()),
+                "must be (batch, 1) like the data",
+            ));
+        }
+    }
+    Ok(batch)
+}
+
 /// The SDE ELBO's terms for data `y` `(B, 1)` with the diffusion term at the rows' `t`, `eps`
 /// `(B, 1)`, and the likelihood `p(y | x_1)` (for the paper's Gaussian `N(y; x_1, δ²)`, a
 /// [`GaussianLikelihood`](crate::likelihood::GaussianLikelihood)).
@@ -91,25 +107,7 @@ pub fn sde_elbo<P: VariationalProcess, G: GenerativeSde>(
     eps: &Tensor,
     likelihood: &dyn Likelihood,
 ) -> Result<ElboTerms> {
-    let batch = match *y.dims() {
-        [batch, 1] => batch,
-        ref dims => {
-            return Err(Error::invalid(
-                "y",
-                format!("shape {dims:?}"),
-                "must be (batch, 1)",
-            ))
-        }
-    };
-    for (name, v) in [("t", t), ("eps", eps)] {
-        if v.dims() != [batch, 1] {
-            return Err(Error::invalid(
-                name,
-                format!("shape {:?} for data of shape {:?}", v.dims(), y.dims()),
-                "must be (batch, 1) like the data",
-            ));
-        }
-    }
+    check_rows(y, t, eps)?;
     let q1 = process.marginal(y, Time::Scalar(1.0), false)?;
     let q0 = process.marginal(y, Time::Scalar(0.0), false)?;
     let rule = elbo_rule()?;

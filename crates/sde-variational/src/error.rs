@@ -49,3 +49,16 @@ impl Error {
         }
     }
 }
+
+/// The number of rows of `t`, which must be a column `(rows, 1)`: the shape of data, times and
+/// noises throughout the crate; an error naming `name` otherwise.
+pub(crate) fn column_rows(name: &'static str, t: &candle_core::Tensor) -> Result<usize> {
+    match *t.dims() {
+        [rows, 1] => Ok(rows),
+        ref dims => Err(Error::invalid(
+            name,
+            format!("shape {dims:?}"),
+            "must be (batch, 1)",
+        )),
+    }
+}

@@ -38,7 +38,7 @@ use sde_core::quadrature::{gauss_hermite, gauss_legendre, Rule};
 use sde_core::{Gaussian, VectorField};
 
 use crate::elbo::GenerativeSde;
-use crate::error::{Error, Result};
+use crate::error::{column_rows, Error, Result};
 use crate::likelihood::GaussianLikelihood;
 use crate::mlp::Time;
 use crate::process::{FlowMarginal, VariationalProcess};
@@ -315,16 +315,7 @@ pub fn bound_chain<P: VariationalProcess, G: GenerativeSde>(
     config: &ChainConfig,
 ) -> Result<Vec<ChainPoint>> {
     config.check()?;
-    let n = match *ys.dims() {
-        [n, 1] => n,
-        ref dims => {
-            return Err(Error::invalid(
-                "ys",
-                format!("shape {dims:?}"),
-                "must be (n, 1)",
-            ))
-        }
-    };
+    let n = column_rows("ys", ys)?;
     let delta_v = match host(delta)?.as_slice() {
         [d] if d.is_finite() && *d > 0.0 => *d,
         other => {

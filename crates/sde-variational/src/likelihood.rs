@@ -24,7 +24,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor, W
 
 use sde_core::quadrature::gauss_hermite;
 
-use crate::error::{Error, Result};
+use crate::error::{column_rows, Error, Result};
 use crate::process::LN_2PI;
 
 /// A likelihood `p(y | x)` for one-dimensional data, row by row.
@@ -677,14 +677,7 @@ enum Domain {
 
 /// The batch size and dtype of data `y`, which must be `(B, 1)`, `f32` or `f64`.
 fn data_column(y: &Tensor) -> Result<(usize, DType)> {
-    match *y.dims() {
-        [batch, 1] => Ok((batch, float_dtype("y", y)?)),
-        ref dims => Err(Error::invalid(
-            "y",
-            format!("shape {dims:?}"),
-            "must be (batch, 1)",
-        )),
-    }
+    Ok((column_rows("y", y)?, float_dtype("y", y)?))
 }
 
 fn float_dtype(name: &'static str, t: &Tensor) -> Result<DType> {

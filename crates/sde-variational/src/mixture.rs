@@ -21,7 +21,7 @@
 
 use candle_core::{Tensor, D};
 
-use crate::error::{Error, Result};
+use crate::error::{column_rows, Error, Result};
 use crate::mlp::Time;
 use crate::process::{sde_drift, DiffusionAt, FlowMarginal, VariationalProcess};
 
@@ -178,16 +178,7 @@ impl<'a, P: VariationalProcess> DataMixture<'a, P> {
     /// Density, responsibilities `(B, N)`, velocity and score at points `x` `(B, 1)` and time
     /// `t`.
     pub fn at(&self, x: &Tensor, t: f64) -> Result<MixtureAt> {
-        let b = match *x.dims() {
-            [b, 1] => b,
-            ref dims => {
-                return Err(Error::invalid(
-                    "x",
-                    format!("shape {dims:?}"),
-                    "must be (B, 1)",
-                ))
-            }
-        };
+        let b = column_rows("x", x)?;
         let n = self.ys.dim(0)?;
         // Row b·N + n pairs point b with datum n.
         let xs = x.broadcast_as((b, n))?.reshape((b * n, 1))?;

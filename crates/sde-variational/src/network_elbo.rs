@@ -101,25 +101,16 @@ fn fused(process: &NetworkGaussian, sde: &NeuralSde) -> bool {
         .all(|n| supports(n))
 }
 
-/// Checks that `y` is `(B, 1)` and `t`, `eps` like it, all in the networks' dtype; the batch.
+/// [`check_rows`](crate::elbo::check_rows), and `y`, `t`, `eps` in the networks' dtype; the batch.
 fn check_rows(process: &NetworkGaussian, y: &Tensor, t: &Tensor, eps: &Tensor) -> Result<usize> {
-    let batch = match *y.dims() {
-        [batch, 1] => batch,
-        ref dims => {
-            return Err(Error::invalid(
-                "y",
-                format!("shape {dims:?}"),
-                "must be (batch, 1)",
-            ))
-        }
-    };
+    let batch = crate::elbo::check_rows(y, t, eps)?;
     let dtype = process.a().dtype();
     for (name, v) in [("y", y), ("t", t), ("eps", eps)] {
-        if v.dims() != [batch, 1] || v.dtype() != dtype {
+        if v.dtype() != dtype {
             return Err(Error::invalid(
                 name,
-                format!("shape {:?} dtype {:?}", v.dims(), v.dtype()),
-                "must be (batch, 1) like the data, in the networks' dtype",
+                format!("dtype {:?}", v.dtype()),
+                "must be in the networks' dtype",
             ));
         }
     }
