@@ -2,8 +2,9 @@
 //! (2-64-64-1 tanh networks, batch 125, f32, one time per row):
 //!
 //! - `plain`: one network, no tangent, a squared error (flow matching);
-//! - `sde`: `A(y, t)`, `B(y, t)` with `∂/∂t`, softplus `σ(x, t)` with `∂/∂x`, a drift `f(x, t)`,
-//!   and the drift-matching term built from them (the SDE experiment);
+//! - `sde`: the SDE experiment's step (`A`, `B` at `(y, t)` with `∂/∂t` and at `(y, 0)`, drift
+//!   and softplus `σ` at `(x, t)` with `∂σ/∂x`, the ELBO's three terms), through the fused
+//!   `network_elbo` and through the generic `sde_elbo`;
 //! - the generic candle path of the plain step, for comparison;
 //! - `ode`: the ODE experiment's step (99 midpoint steps of the augmented CNF, backward, Adam),
 //!   through the generic solver with one fused op per evaluation and as one `engine::solve`.
@@ -20,8 +21,12 @@ use rand::{Rng, SeedableRng};
 use sde_core::VectorField;
 use sde_solvers::{OdeMethod, TimeGrid};
 use sde_variational::engine::{evaluate, solve, value_and_tangents};
+use sde_variational::network_elbo::network_gaussian_elbo;
 use sde_variational::optim::{sorted_vars, Adam, AdamConfig};
-use sde_variational::{with_time, Activation, Mlp, MlpConfig, Time};
+use sde_variational::{
+    sde_elbo, with_time, Activation, GaussianLikelihood, Mlp, MlpConfig, NetworkGaussian,
+    NeuralSde, Time,
+};
 
 const BATCH: usize = 125;
 
@@ -134,57 +139,51 @@ fn main() -> anyhow::Result<()> {
     println!("  whole step               {}", us(whole));
     println!("  generic candle path step {}", us(generic));
 
-    // The SDE step.
+    // The SDE experiment's step: the ELBO's three terms through the fused path
+    // (`network_elbo`) and through the generic `sde_elbo`, then backward and Adam.
     let vars = VarMap::new();
-    let a = net(&vars, "alpha", Activation::Identity, &mut rng)?;
-    let b = net(&vars, "beta", Activation::Softplus, &mut rng)?;
-    let sigma = net(&vars, "sigma", Activation::Softplus, &mut rng)?;
+    let a = net(&vars, "q.a", Activation::Identity, &mut rng)?;
+    let b = net(&vars, "q.b", Activation::Softplus, &mut rng)?;
     let f = net(&vars, "drift", Activation::Identity, &mut rng)?;
+    let sigma = net(&vars, "sigma", Activation::Softplus, &mut rng)?;
+    let log_beta1 = NetworkGaussian::log_beta1_var(0.1, DType::F32, &dev)?;
+    let mut params = sorted_vars(&vars);
+    params.push(("q.log_beta1".into(), log_beta1.clone()));
+    let process = NetworkGaussian::new(a, b, log_beta1.as_tensor().clone())?;
+    let sde = NeuralSde::new(f, sigma)?;
     let (y, eps) = (column(&mut rng, -8.0, 8.0)?, column(&mut rng, -2.0, 2.0)?);
-    let mut adam = Adam::new(sorted_vars(&vars), AdamConfig::default())?;
-    let beta1 = 0.1;
-    let nets_only = time(reps, || {
-        value_and_tangents(&a, &y, Time::PerSample(&t), &[1])?;
-        value_and_tangents(&b, &y, Time::PerSample(&t), &[1])?;
-        value_and_tangents(&sigma, &y, Time::PerSample(&t), &[0])?;
-        value_and_tangents(&f, &y, Time::PerSample(&t), &[])?;
-        Ok(())
-    })?;
-    let loss = || -> anyhow::Result<Tensor> {
-        let one_minus_t = t.affine(-1.0, 1.0)?;
-        let (av, ad) = value_and_tangents(&a, &y, Time::PerSample(&t), &[1])?;
-        let (bv, bd) = value_and_tangents(&b, &y, Time::PerSample(&t), &[1])?;
-        let alpha = ((&t * &y)? + (&one_minus_t * &av)?)?;
-        let beta = ((&t * beta1)? + (&one_minus_t * &bv)?)?;
-        let dalpha = ((&y - &av)? + (&one_minus_t * &ad[0])?)?;
-        let dbeta = (bv.affine(-1.0, beta1)? + (&one_minus_t * &bd[0])?)?;
-        let x = (&alpha + (&beta * &eps)?)?;
-        let (s, sd) = value_and_tangents(&sigma, &x, Time::PerSample(&t), &[0])?;
-        let (fv, _) = value_and_tangents(&f, &x, Time::PerSample(&t), &[])?;
-        let s2 = s.sqr()?;
-        let dev = (&x - &alpha)?;
-        let fq = ((&dalpha + (&dbeta * &eps)?)? + (&s * &sd[0])?)?
-            .sub(&((&s2 * &dev)? / (&beta.sqr()? * 2.0)?)?)?;
-        Ok(((fv - fq)?.sqr()? / (s2 * 2.0)?)?.mean_all()?)
+    let mut adam = Adam::new(params, AdamConfig::default())?;
+    let loss = |fused: bool| -> anyhow::Result<Tensor> {
+        let terms = if fused {
+            network_gaussian_elbo(&process, &sde, &y, &t, &eps)?
+        } else {
+            let likelihood = GaussianLikelihood::new(process.beta1()?)?;
+            sde_elbo(&process, &sde, &y, &t, &eps, &likelihood)?
+        };
+        Ok(terms.elbo()?.mean_all()?.neg()?)
     };
-    let forward = time(reps, || {
-        loss()?;
-        Ok(())
-    })?;
-    let with_backward = time(reps, || {
-        loss()?.backward()?;
-        Ok(())
-    })?;
-    let whole = time(reps, || {
-        adam.step(&loss()?.backward()?)?;
-        Ok(())
-    })?;
-    println!("SDE-shaped step, 4 networks, batch {BATCH} (reference PyTorch SDE step 3,900 µs):");
-    println!("  4 fused forwards         {}", us(nets_only));
-    println!("  + ~25 loss ops           {}", us(forward - nets_only));
-    println!("  + backward               {}", us(with_backward - forward));
-    println!("  + Adam (4 networks)      {}", us(whole - with_backward));
-    println!("  whole step               {}", us(whole));
+    println!("SDE experiment's step, 4 networks, batch {BATCH} (reference PyTorch 3,900 µs):");
+    for (name, fused) in [("generic sde_elbo  ", false), ("fused network_elbo", true)] {
+        let forward = time(reps, || {
+            loss(fused)?;
+            Ok(())
+        })?;
+        let with_backward = time(reps, || {
+            loss(fused)?.backward()?;
+            Ok(())
+        })?;
+        let whole = time(reps, || {
+            adam.step(&loss(fused)?.backward()?)?;
+            Ok(())
+        })?;
+        println!(
+            "  {name}: loss {}, backward {}, Adam {}, whole {}",
+            us(forward),
+            us(with_backward - forward),
+            us(whole - with_backward),
+            us(whole)
+        );
+    }
 
     // The ODE step: 99 RK2 steps of the augmented CNF [x, a], back-propagated, through the
     // generic solver (one fused op per evaluation, candle ops between) and as one fused solve.
